@@ -1,0 +1,106 @@
+"""The features dataflow: events -> validate (DLQ) -> windowed aggregates -> Redis + Parquet.
+
+Run it with Bytewax (``rtml up`` does this under a supervisor)::
+
+    python -m bytewax.run "dataflows.features:flow_from_env()" -r RECOVERY_DIR -s 5 -b 0
+
+Configuration comes from ``RTML_*`` variables / ``RTML_CONFIG`` (see engine/config.py).
+The same :func:`build_features_flow` runs over files for backfill (dataflows/backfill.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Sequence
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from engine.config import RtmlConfig, load_config
+from engine.events.dlq import DeadLetter
+from engine.features.aggregates import ViewProgram
+from engine.features.spec import FeatureView, default_views_path, load_views
+from engine.metrics import PipelineMetrics
+from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
+from operators.route import route_events
+from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
+from operators.sources import KafkaBatchSource
+from operators.validate import validate_batch
+
+LATE = "late"
+
+
+def views_from_config(cfg: RtmlConfig) -> list[FeatureView]:
+    """The configured feature views (the packaged defaults when none are configured)."""
+    return load_views(cfg.pipeline.feature_specs or default_views_path())
+
+
+def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[DeadLetter]:
+    if metrics is not None:
+        if out.late:
+            metrics.events_late.labels(out.view).inc(len(out.late))
+        if out.accepted:
+            metrics.events_aggregated.labels(out.view).inc(out.accepted)
+    now_ms = int(time.time() * 1000)
+    detail = (
+        f"feature view {out.view}: event time is more than the allowed lateness behind "
+        f"the watermark ({out.watermark_ms} ms)"
+    )
+    return [DeadLetter(LATE, detail, topic, partition, offset, raw, now_ms) for topic, partition, offset, raw in out.late]
+
+
+def build_features_flow(
+    cfg: RtmlConfig,
+    views: Sequence[FeatureView],
+    source: Source,
+    *,
+    metrics: PipelineMetrics | None = None,
+    dlq_topic: str | None = None,
+    clock: Callable[[], float] = time.time,
+    run_id: str = "",
+) -> Dataflow:
+    """Wire the features pipeline over any batch source (Kafka or files)."""
+    if not cfg.kafka.bootstrap or not cfg.redis.url:
+        raise ValueError("build_features_flow needs kafka.bootstrap and redis.url (start a LocalStack first)")
+    p = cfg.pipeline
+    programs = {v.name: ViewProgram(v) for v in views}
+    program_list = list(programs.values())
+    settings = AggregateSettings(p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms)
+
+    flow = Dataflow("rtml_features")
+    raw = op.input("events", flow, source)
+    checked = op.map("validate", raw, lambda b: validate_batch(b, max_future_ms=p.max_future_ms, metrics=metrics))
+    invalid = op.flat_map("invalid", checked, lambda v: v.dead)
+    routed = op.flat_map("route", checked, lambda v: route_events(v.events, program_list, p.shards_per_view))
+    keyed = op.stateful_batch(
+        "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock)
+    )
+    results = op.map("unkey", keyed, lambda kv: kv[1])
+    op.output("online", results, RedisFeatureSink(cfg.redis.url, views, cfg.redis.key_prefix, metrics))
+    op.output(
+        "offline",
+        results,
+        OfflineLogSink(p.offline_dir, views, p.offline_flush_rows, p.offline_flush_interval_s, metrics, run_id),
+    )
+    late = op.flat_map("late", results, lambda out: _late_letters(out, metrics))
+    dead = op.merge("dead_letters", invalid, late)
+    op.output("dlq", dead, DeadLetterSink(cfg.kafka.bootstrap, p.dlq_suffix, metrics, fixed_topic=dlq_topic))
+    return flow
+
+
+def flow_from_env() -> Dataflow:
+    """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment."""
+    cfg = load_config()
+    metrics = PipelineMetrics()
+    if cfg.metrics.enabled:
+        metrics.serve(cfg.metrics.port + int(os.environ.get("RTML_PROCESS_INDEX", "0")) if cfg.metrics.port else 0)
+    source = KafkaBatchSource(
+        cfg.kafka.bootstrap or "",
+        [cfg.kafka.events_topic],
+        batch_size=cfg.kafka.consume_batch_size,
+        fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
+        metrics=metrics,
+    )
+    return build_features_flow(cfg, views_from_config(cfg), source, metrics=metrics)
