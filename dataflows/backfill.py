@@ -15,6 +15,7 @@ from bytewax.testing import run_main
 from engine.config import RtmlConfig
 from engine.features.spec import FeatureView
 from engine.metrics import PipelineMetrics
+from engine.runtime.topics import ensure_topics
 from dataflows.features import build_features_flow
 from operators.sources import FileBatchSource
 
@@ -34,6 +35,7 @@ def run_backfill(
     cfg = cfg.model_copy(deep=True)
     cfg.pipeline.idle_advance = False
     metrics = metrics or PipelineMetrics()
+    ensure_topics(cfg.kafka.bootstrap or "", [backfill_dlq_topic(cfg)], partitions=1)
     source = FileBatchSource(paths, batch_size=cfg.kafka.consume_batch_size)
     flow = build_features_flow(cfg, views, source, metrics=metrics, dlq_topic=backfill_dlq_topic(cfg), run_id="backfill")
     run_main(flow)

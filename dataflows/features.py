@@ -82,7 +82,7 @@ def build_features_flow(
     op.output(
         "offline",
         results,
-        OfflineLogSink(p.offline_dir, views, p.offline_flush_rows, p.offline_flush_interval_s, metrics, run_id),
+        OfflineLogSink(p.offline_dir, views, metrics, run_id),
     )
     late = op.flat_map("late", results, lambda out: _late_letters(out, metrics))
     dead = op.merge("dead_letters", invalid, late)

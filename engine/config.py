@@ -65,10 +65,8 @@ class PipelineConfig(_Section):
     # Coalesce running-feature writes to Redis at most this often per shard.
     flush_interval_ms: int = Field(50, ge=0)
     offline_dir: str = ".rtml/offline"
-    offline_flush_rows: int = Field(50_000, ge=1)
-    offline_flush_interval_s: float = Field(30.0, gt=0)
     recovery_dir: str | None = ".rtml/recovery"
-    snapshot_interval_s: float = Field(5.0, gt=0)
+    snapshot_interval_s: int = Field(5, ge=1)  # Bytewax takes whole seconds
     processes: int = Field(1, ge=1)
     dlq_suffix: str = ".dlq"
 

@@ -68,38 +68,31 @@ class RedisFeatureSink(DynamicSink[ShardOutput]):
 
 class _OfflinePartition(StatelessSinkPartition[ShardOutput]):
     def __init__(self, sink: "OfflineLogSink", writer_id: str):
-        self._writers = {
-            v.name: OfflineLogWriter(sink.root, v, writer_id, sink.flush_rows, sink.flush_interval_s)
-            for v in sink.views
-        }
+        self._writers = {v.name: OfflineLogWriter(sink.root, v, writer_id) for v in sink.views}
         self._metrics = sink.metrics
 
     def write_batch(self, items: list[ShardOutput]) -> None:
+        by_view: dict[str, list] = {}
         for out in items:
             if out.closed:
-                self._writers[out.view].add(out.closed)
-                if self._metrics is not None:
-                    self._metrics.windows_emitted.labels(out.view).inc(len(out.closed))
-
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.flush()
+                by_view.setdefault(out.view, []).extend(out.closed)
+        for view, rows in by_view.items():
+            self._writers[view].write(rows)
+            if self._metrics is not None:
+                self._metrics.windows_emitted.labels(view).inc(len(rows))
 
 
 class OfflineLogSink(DynamicSink[ShardOutput]):
-    """Appends closed windows to the hourly-partitioned Parquet log."""
+    """Appends closed windows to the hourly-partitioned Parquet log, durably per batch."""
 
     def __init__(
         self,
         root: str,
         views: Sequence[FeatureView],
-        flush_rows: int,
-        flush_interval_s: float,
         metrics: PipelineMetrics | None = None,
         run_id: str = "",
     ):
         self.root, self.views = root, list(views)
-        self.flush_rows, self.flush_interval_s = flush_rows, flush_interval_s
         self.metrics = metrics
         self.run_id = run_id or str(int(time.time() * 1000))
 

@@ -39,7 +39,10 @@ def validate_batch(
         raw = value if value is not None else b""
         result = validate_interaction(raw, headers, now, max_future_ms)
         if result.__class__ is Invalid:
-            out.dead.append(DeadLetter(result.reason, result.detail, topic, partition, offset, raw, now))  # type: ignore[union-attr]
+            out.dead.append(
+                DeadLetter(result.reason, result.detail, topic, partition, offset, raw, now,  # type: ignore[union-attr]
+                           tuple(headers or ()))
+            )
         else:
             out.events.append((result, (topic, partition, offset, raw)))  # type: ignore[arg-type]
     if metrics is not None:

@@ -41,49 +41,33 @@ def offline_schema(view: FeatureView) -> pa.Schema:
 
 
 class OfflineLogWriter:
-    """Buffers closed-window rows of one view and writes them as hourly Parquet files."""
+    """Writes closed-window rows of one view as hourly-partitioned Parquet files.
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        view: FeatureView,
-        writer_id: str,
-        flush_rows: int = 50_000,
-        flush_interval_s: float = 30.0,
-    ) -> None:
+    Rows are written before :meth:`write` returns: the dataflow snapshots its state
+    after a batch is output, so anything buffered across batches could be lost in a
+    crash. One file per call and hour partition; compaction is a separate concern.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], view: FeatureView, writer_id: str) -> None:
         self.root = Path(root)
         self.view = view
         self.writer_id = writer_id
-        self.flush_rows = flush_rows
-        self.flush_interval_s = flush_interval_s
         self.schema = offline_schema(view)
-        self._rows: list[dict[str, Any]] = []
-        self._last_flush = time.monotonic()
         self.files_written = 0
 
-    def add(self, rows: Iterable[dict[str, Any]], created_ms: int | None = None) -> None:
+    def write(self, rows: Iterable[dict[str, Any]], created_ms: int | None = None) -> None:
+        """Write rows, one file per hour partition (atomic rename)."""
         created_ms = int(time.time() * 1000) if created_ms is None else created_ms
-        for row in rows:
-            row = dict(row)
-            row["created_ms"] = created_ms
-            self._rows.append(row)
-        if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write buffered rows, one file per hour partition (atomic rename)."""
-        self._last_flush = time.monotonic()
-        if not self._rows:
-            return
         by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in self._rows:
+        for row in rows:
             dt = datetime.fromtimestamp(row["window_end_ms"] / 1000, tz=timezone.utc)
-            by_hour.setdefault((dt.strftime("%Y-%m-%d"), dt.strftime("%H")), []).append(row)
-        self._rows = []
-        for (date, hour), rows in by_hour.items():
+            by_hour.setdefault((dt.strftime("%Y-%m-%d"), dt.strftime("%H")), []).append(
+                {**row, "created_ms": created_ms}
+            )
+        for (date, hour), hour_rows in by_hour.items():
             folder = self.root / self.view.name / f"date={date}" / f"hour={hour}"
             folder.mkdir(parents=True, exist_ok=True)
-            columns = {f.name: [r.get(f.name) for r in rows] for f in self.schema}
+            columns = {f.name: [r.get(f.name) for r in hour_rows] for f in self.schema}
             table = pa.table(columns, schema=self.schema)
             name = f"part-{self.writer_id}-{uuid.uuid4().hex[:12]}.parquet"
             tmp = folder / f".{name}.tmp"
