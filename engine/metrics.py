@@ -44,6 +44,8 @@ class PipelineMetrics:
             "rtml_feature_freshness_seconds", "Wall clock minus event time when a feature is written", ["view"],
             buckets=_FRESHNESS_BUCKETS, registry=r,
         )
+        self.input_position = Gauge("rtml_input_position", "Next offset to read", ["topic", "partition"],
+                                    registry=r)
         self.input_lag = Gauge("rtml_input_lag_messages", "End offset minus next offset", ["topic", "partition"],
                                registry=r)
         self.watermark_ms = Gauge("rtml_watermark_ms", "Watermark per view shard", ["shard"], registry=r)

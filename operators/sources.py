@@ -57,6 +57,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._idle_until = 0.0
         self._next_lag_check = 0.0
         self._labels = (topic, str(partition))
+        if metrics is not None:
+            metrics.input_position.labels(*self._labels).set(offset if offset >= 0 else 0)
 
     def next_batch(self) -> list[RawBatch]:
         msgs = self._consumer.consume(self._batch_size, 0.001)
@@ -72,6 +74,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         now = time.monotonic()
         if out:
             self._offset = out[-1][0] + 1
+            if self._metrics is not None:
+                self._metrics.input_position.labels(*self._labels).set(self._offset)
         if self._metrics is not None and now >= self._next_lag_check:
             self._next_lag_check = now + 1.0
             try:

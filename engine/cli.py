@@ -1,0 +1,202 @@
+"""The ``rtml`` command line.
+
+Subcommands: ``up`` (stack + supervised dataflows), ``stack`` (embedded Kafka and
+Redis only), ``produce`` (simulator -> Kafka), ``backfill`` (files -> features),
+``features`` (read online features), ``demo`` (the one-minute tour), ``config``
+(print the effective configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+import yaml
+
+from engine.config import RtmlConfig, load_config
+
+log = logging.getLogger("rtml")
+
+
+def _config(args: argparse.Namespace) -> RtmlConfig:
+    return load_config(args.config)
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(_config(args).model_dump(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from engine.runtime.stack import LocalStack
+
+    with LocalStack(_config(args)) as stack:
+        stack.ensure_topics()
+        print(f"RTML_KAFKA_BOOTSTRAP={stack.bootstrap}")
+        print(f"RTML_REDIS_URL={stack.redis_url}", flush=True)
+        _wait_for_ctrl_c()
+    return 0
+
+
+def _publish_alert(bootstrap: str, topic: str, payload: dict) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, orjson.dumps(payload))
+    producer.flush(5)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from engine.runtime.jobs import dataflow_specs
+    from engine.runtime.progress import pipeline_progress
+    from engine.runtime.stack import LocalStack
+    from engine.runtime.supervisor import Alert, Supervisor
+
+    cfg = _config(args)
+    if args.processes:
+        cfg.pipeline.processes = args.processes
+    if args.no_recovery:
+        cfg.pipeline.recovery_dir = None
+    with LocalStack(cfg) as stack:
+        stack.ensure_topics()
+        cfg = stack.config
+        print(f"kafka {cfg.kafka.bootstrap}  redis {cfg.redis.url}  metrics :{cfg.metrics.port}+", flush=True)
+
+        def on_alert(alert: Alert) -> None:
+            _publish_alert(cfg.kafka.bootstrap or "", cfg.kafka.alerts_topic, {
+                "kind": alert.kind, "message": alert.message, "consumed": alert.consumed,
+                "available": alert.available, "stalled_for_s": alert.stalled_for_s, "at": alert.at,
+            })
+
+        supervisor = Supervisor(
+            dataflow_specs(cfg), cfg, log_dir=Path(cfg.data_dir) / "logs", echo=True,
+            progress=pipeline_progress(cfg), on_alert=on_alert,
+        )
+        supervisor.run_forever()  # until Ctrl-C / SIGTERM; stops the children
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from engine.events.producer import Topics, produce
+    from engine.events.simulator import Simulator, SimulatorConfig
+
+    cfg = _config(args)
+    if not cfg.kafka.bootstrap:
+        print("rtml produce needs a broker: set RTML_KAFKA_BOOTSTRAP (see `rtml stack`)", file=sys.stderr)
+        return 2
+    sim = Simulator(SimulatorConfig(
+        n_users=args.users, n_items=args.items, rate=args.rate, drift_at_s=args.drift_at,
+        invalid_fraction=args.invalid_fraction, seed=args.seed,
+    ))
+    stats = produce(cfg.kafka.bootstrap, sim, Topics.from_config(cfg.kafka), duration_s=args.duration,
+                    max_events=args.max_events, wire=args.wire, realtime=not args.fast)
+    print(orjson.dumps({"produced": stats.produced, "delivered": stats.delivered, "failed": stats.failed,
+                        "malformed": stats.malformed, "seconds": round(stats.elapsed_s, 2)}).decode())
+    return 0 if stats.failed == 0 else 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from dataflows.backfill import run_backfill
+    from dataflows.features import views_from_config
+    from engine.runtime.stack import LocalStack
+
+    with LocalStack(_config(args)) as stack:
+        metrics = run_backfill(stack.config, views_from_config(stack.config), args.files)
+    total = {m.name: sum(s.value for s in m.samples if s.name.endswith("_total")) for m in metrics.registry.collect()}
+    print(orjson.dumps({k: v for k, v in total.items() if v}).decode())
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import redis
+
+    from dataflows.features import views_from_config
+    from engine.features.online import OnlineStore
+
+    cfg = _config(args)
+    if not cfg.redis.url:
+        print("rtml features needs RTML_REDIS_URL", file=sys.stderr)
+        return 2
+    store = OnlineStore(redis.Redis.from_url(cfg.redis.url), views_from_config(cfg), cfg.redis.key_prefix)
+    rows = store.get(args.view, args.entities, now_ms=args.now_ms)
+    for row in rows:
+        print(orjson.dumps({"entity": row.entity, "found": row.found, "age_ms": row.age_ms, **row.values}).decode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(_config(args), duration_s=args.duration, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtml", description="Streaming-first real-time ML engine")
+    parser.add_argument("--config", help="YAML config file (also RTML_CONFIG); RTML_<SECTION>_<FIELD> override it")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("config", help="print the effective configuration").set_defaults(fn=cmd_config)
+    sub.add_parser("stack", help="run the embedded Kafka + Redis until Ctrl-C").set_defaults(fn=cmd_stack)
+
+    up = sub.add_parser("up", help="run the stack and the dataflows under a supervisor until Ctrl-C")
+    up.add_argument("--processes", type=int, help="features dataflow processes (pipeline.processes)")
+    up.add_argument("--no-recovery", action="store_true", help="run without Bytewax recovery")
+    up.set_defaults(fn=cmd_up)
+
+    prod = sub.add_parser("produce", help="simulate users and items and produce events to Kafka")
+    prod.add_argument("--rate", type=float, default=1000.0, help="impressions per second (events ~2x)")
+    prod.add_argument("--duration", type=float, default=None, help="seconds of event time (default: forever)")
+    prod.add_argument("--max-events", type=int, default=None)
+    prod.add_argument("--users", type=int, default=1000)
+    prod.add_argument("--items", type=int, default=500)
+    prod.add_argument("--drift-at", type=float, default=None, help="seconds after start when tastes shift")
+    prod.add_argument("--invalid-fraction", type=float, default=0.0)
+    prod.add_argument("--wire", choices=["json", "proto"], default="json")
+    prod.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    prod.add_argument("--seed", type=int, default=0)
+    prod.set_defaults(fn=cmd_produce)
+
+    bf = sub.add_parser("backfill", help="compute features from JSONL / Parquet event files")
+    bf.add_argument("files", nargs="+")
+    bf.set_defaults(fn=cmd_backfill)
+
+    feats = sub.add_parser("features", help="read online features of entities")
+    feats.add_argument("view")
+    feats.add_argument("entities", nargs="+")
+    feats.add_argument("--now-ms", type=int, default=None, help="clock for the TTL check (default: now)")
+    feats.set_defaults(fn=cmd_features)
+
+    demo = sub.add_parser("demo", help="start everything, stream simulated traffic, report what happened")
+    demo.add_argument("--duration", type=float, default=60.0)
+    demo.add_argument("--rate", type=float, default=1500.0, help="impressions per second")
+    demo.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
