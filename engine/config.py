@@ -101,22 +101,38 @@ class RtmlConfig(_Section):
 ENV_PREFIX = "RTML_"
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Map ``RTML_<SECTION>_<FIELD>`` variables onto nested config keys."""
-    overrides: dict[str, dict[str, Any]] = {}
-    sections = {
+def _sections() -> dict[str, type[BaseModel]]:
+    return {
         name: field.annotation
         for name, field in RtmlConfig.model_fields.items()
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
     }
+
+
+def _optional(model: type[BaseModel], name: str) -> bool:
+    annotation = model.model_fields[name].annotation
+    return type(None) in getattr(annotation, "__args__", ())
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``RTML_<SECTION>_<FIELD>`` (and top-level ``RTML_<FIELD>``) variables onto config keys.
+
+    An empty value means "unset" (None) for optional fields, e.g. ``RTML_KAFKA_BOOTSTRAP=``.
+    """
+    overrides: dict[str, Any] = {}
+    sections = _sections()
     for section, model in sections.items():
         for field_name in model.model_fields:
             var = f"{ENV_PREFIX}{section}_{field_name}".upper()
             if var in env:
                 value: Any = env[var]
-                if value == "" and model.model_fields[field_name].default is None:
+                if value == "" and _optional(model, field_name):
                     value = None
                 overrides.setdefault(section, {})[field_name] = value
+    for field_name in RtmlConfig.model_fields:
+        var = f"{ENV_PREFIX}{field_name}".upper()
+        if field_name not in sections and var in env:
+            overrides[field_name] = env[var]
     return overrides
 
 
@@ -153,8 +169,11 @@ def load_config(
 def to_env(cfg: RtmlConfig) -> dict[str, str]:
     """The env vars that reproduce ``cfg`` in a child process (inverse of the overrides)."""
     out: dict[str, str] = {}
-    for section in ("kafka", "redis", "pipeline", "supervisor", "metrics"):
-        model = getattr(cfg, section)
-        for name, value in model.model_dump().items():
+    sections = _sections()
+    for section in sections:
+        for name, value in getattr(cfg, section).model_dump().items():
             out[f"{ENV_PREFIX}{section}_{name}".upper()] = "" if value is None else str(value)
+    for name, value in cfg.model_dump().items():
+        if name not in sections:
+            out[f"{ENV_PREFIX}{name}".upper()] = str(value)
     return out

@@ -160,3 +160,28 @@ def test_kill_9_and_restart_leaves_redis_exactly_right(stack, unique_topic, feat
     assert wait_until(lambda: _online_matches(store, want), 90, job), job.logs()
     for v in VIEWS:
         assert _strip(store.read_all(v.name)) == _strip(want[v.name].running)
+
+
+def test_two_processes_with_json_and_protobuf_events_match_oracle(stack, unique_topic, features_job, redis_url):
+    from confluent_kafka import Producer
+
+    from engine.events.codec import encode
+    from engine.events.schemas import Interaction
+
+    topic = unique_topic("events", partitions=3)
+    job = features_job(topic, processes=2, allowed_lateness_ms=86_400_000).start()
+    events = make_events(9, 5000, users=70, late_every=0)
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
+    for i, ev in enumerate(events):
+        value, headers = encode(Interaction(**ev), "proto" if i % 2 else "json")
+        producer.produce(topic, value=value, key=ev["user_id"].encode(), headers=headers)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    want = _oracles(events, job.cfg)
+    store = OnlineStore(redis.Redis.from_url(redis_url), VIEWS, job.cfg.redis.key_prefix)
+    assert wait_until(lambda: _online_matches(store, want), 90, job), job.logs()
+    for v in VIEWS:
+        assert _strip(store.read_all(v.name)) == _strip(want[v.name].running)
+    per_process = [_metrics(job.cfg.metrics.port + i) for i in range(2)]
+    assert all(m["rtml_events_in_total"] > 0 for m in per_process)  # both processes did work
+    assert sum(m["rtml_events_in_total"] for m in per_process) == len(events)

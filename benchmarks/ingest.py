@@ -1,0 +1,945 @@
+"""Ingest benchmark: Kafka -> features dataflow -> Redis, against a raw-consume floor.
+
+Run from the repository root::
+
+    python -m benchmarks.ingest                 # 1M events, ~3-5 minutes on 2 cores
+    python -m benchmarks.ingest --events 200000 --freshness-seconds 10 --no-recovery
+
+One run on the embedded stack (Tansu + redis-server, started here):
+
+1. *setup* (not measured): generate N interaction events (10k users, ~2k items, mixed
+   event types, event time advancing at a simulated 10k events/s with jitter) as orjson
+   bytes keyed by ``user_id`` and produce them to a fresh 3-partition topic;
+2. *floor*: one confluent-kafka consumer ``assign()``-ing every partition from the start,
+   ``consume(batch)`` + ``orjson.loads`` of every value;
+3. *pipeline*: the real features dataflow (``python -m bytewax.run`` processes from
+   :func:`engine.runtime.jobs.dataflow_specs`) with a one-view spec written here, for
+   1 and 2 processes, recovery off and on; each run uses a fresh Redis key prefix on the
+   same topic. The clock starts when the processes are spawned; the *processing* time
+   starts at the first scrape with ``rtml_events_in_total > 0`` and ends when every event
+   is folded (``aggregated + late + invalid == N``) *and* the newest features of the
+   users of the last produced events are visible in Redis;
+4. *freshness*: 1 process, events produced live at 10k/s with ``event_time`` = wall
+   clock; (a) the ``rtml_feature_freshness_seconds`` histogram (quantiles from buckets)
+   and (b) a direct probe: marker events for a few probe users every ~50 ms and a thread
+   that polls ``HGET <key> _t`` until the marker is visible.
+
+Results go to ``benchmarks/results/ingest.json`` and the README table between
+``<!-- bench:ingest:start -->`` / ``<!-- bench:ingest:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
+from engine.config import RtmlConfig, load_config
+from engine.runtime.jobs import dataflow_specs
+from engine.runtime.ports import free_port, port_is_open
+from engine.runtime.stack import LocalStack
+from engine.runtime.topics import ensure_topics, topic_end_offsets
+
+NAME = "ingest"
+VIEW = "user"
+EVENT_TYPES = ("impression", "click", "view", "conversion")
+EVENT_TYPE_P = (0.62, 0.15, 0.20, 0.03)
+TARGETS = {"ratio_2_processes": 0.5, "freshness_p99_ms": 100}
+
+FEATURE_SPEC = """\
+# Written by benchmarks/ingest.py: one view, 3 windows x 5 features.
+views:
+  - name: user
+    entity: [user_id]
+    ttl: 2d
+    windows:
+      5m: 5m                          # tumbling
+      1h: {size: 1h, slide: 5m}       # sliding
+      24h: {size: 24h, slide: 1h}     # sliding
+    features:
+      - {name: impressions, agg: count, where: {event_type: impression}}
+      - {name: clicks, agg: count, where: {event_type: click}}
+      - {name: ctr, agg: ratio, numerator: clicks, denominator: impressions}
+      - {name: dwell_mean, agg: mean, field: context.dwell_ms, where: {event_type: view}}
+      - {name: dwell_max, agg: max, field: context.dwell_ms, where: {event_type: view}}
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[ingest {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass
+class EventSet:
+    """Generated events: ``(key, value)`` pairs plus what completion checks need."""
+
+    messages: list[tuple[bytes, bytes]]
+    first_ms: int
+    last_ms: int
+    # user -> newest event time, for the users of the last produced events (Redis probe).
+    final_times: dict[str, int]
+    type_counts: dict[str, int]
+    count: int = 0  # how many were generated (messages may be dropped after producing)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def generate_events(
+    n: int,
+    *,
+    users: int = 10_000,
+    items: int = 2_000,
+    rate: float = 10_000.0,
+    jitter_ms: int = 25,
+    seed: int = 0,
+    base_ms: int | None = None,
+    probe_last: int = 30,
+) -> EventSet:
+    """``n`` interaction events as orjson bytes keyed by ``user_id``.
+
+    Event time advances at ``rate`` events/s of simulated time with +-``jitter_ms``.
+    ``base_ms`` defaults to 30 s after a 5-minute boundary at least 10 minutes ago, so
+    the event-time range of up to ~270 s crosses no 5-minute tile boundary: no window
+    closes and no tile expires, whatever the run's wall-clock time (repeatable work).
+    """
+    if base_ms is None:
+        past = int(time.time() * 1000) - 10 * 60_000
+        base_ms = past - past % 300_000 + 30_000
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, users, n)
+    it = rng.integers(0, items, n).tolist()
+    kinds = rng.choice(len(EVENT_TYPES), n, p=EVENT_TYPE_P)
+    times = base_ms + (np.arange(n, dtype=np.int64) * 1000 // int(rate)) + rng.integers(-jitter_ms, jitter_ms + 1, n)
+    dwell = np.minimum(rng.lognormal(8.0, 1.0, n), 600_000).astype(np.int64).tolist()
+    pos = rng.integers(0, 20, n).tolist()
+    user_ids = [f"u{i}" for i in range(users)]
+    user_keys = [s.encode() for s in user_ids]
+    item_ids = [f"i{i}" for i in range(items)]
+    kind_list = kinds.tolist()
+    time_list = times.tolist()
+    u_list = u.tolist()
+    dumps = orjson.dumps
+    messages: list[tuple[bytes, bytes]] = []
+    append = messages.append
+    for i in range(n):
+        k = kind_list[i]
+        ctx = {"dwell_ms": dwell[i]} if k == 2 else {"pos": pos[i]}
+        ui = u_list[i]
+        append((user_keys[ui], dumps({
+            "user_id": user_ids[ui], "item_id": item_ids[it[i]], "event_type": EVENT_TYPES[k],
+            "event_time": time_list[i], "context": ctx,
+        })))
+    max_t = np.full(users, -1, dtype=np.int64)
+    np.maximum.at(max_t, u, times)
+    final = {user_ids[ui]: int(max_t[ui]) for ui in u_list[-probe_last:]}
+    counts = np.bincount(kinds, minlength=len(EVENT_TYPES))
+    return EventSet(
+        messages, int(times.min()), int(times.max()), final,
+        {EVENT_TYPES[i]: int(c) for i, c in enumerate(counts)}, n,
+    )
+
+
+def produce_all(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]], timeout: float = 120) -> float:
+    """Produce every message (keyed) and wait for delivery; returns seconds taken."""
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None and len(errors) < 5:
+            errors.append(str(err))
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "enable.idempotence": False,
+    })
+    started = time.perf_counter()
+    produce = producer.produce
+    for key, value in messages:
+        while True:
+            try:
+                produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(timeout)
+    if remaining or errors:
+        raise RuntimeError(f"produce to {topic}: {remaining} undelivered, errors {errors}")
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def measure_floor(bootstrap: str, topic: str, n: int, partitions: int, *, batch: int = 5000,
+                  timeout: float = 120) -> dict[str, Any]:
+    """Raw consume of all partitions (assign from offset 0) + orjson.loads of every value."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-floor-{uuid.uuid4().hex[:8]}",  # required; never joined
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": 100,
+        "queued.max.messages.kbytes": 65536,
+    })
+    loads = orjson.loads
+    count = 0
+    parsed_bytes = 0
+    try:
+        started = time.perf_counter()
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = started + timeout
+        while count < n:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"floor consumer read {count} of {n} in {timeout}s")
+            for msg in consumer.consume(batch, 0.1):
+                if msg.error() is not None:
+                    continue
+                value = msg.value()
+                loads(value)
+                parsed_bytes += len(value)
+                count += 1
+        seconds = time.perf_counter() - started
+    finally:
+        consumer.close()
+    return {
+        "events_per_s": round(count / seconds, 1),
+        "seconds": round(seconds, 3),
+        "events": count,
+        "mb_per_s": round(parsed_bytes / seconds / 1e6, 2),
+        "method": f"1 process, confluent-kafka assign() of {partitions} partitions from offset 0, "
+                  f"consume({batch}) + orjson.loads per value",
+    }
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+_LE = re.compile(r'le="([^"]+)"')
+
+
+@dataclass
+class Scrape:
+    """Sample totals by name (labels summed) and freshness histogram buckets (by ``le``)."""
+
+    totals: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    freshness_buckets: dict[float, float] = field(default_factory=lambda: collections.defaultdict(float))
+    up: int = 0
+
+    def get(self, name: str) -> float:
+        return self.totals.get(name, 0.0)
+
+
+def scrape(ports: Iterable[int], timeout: float = 2.0) -> Scrape:
+    """Sum the Prometheus samples of every process (a cheap line parser, not the full one)."""
+    out = Scrape()
+    for port in ports:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
+        except OSError:
+            continue
+        out.up += 1
+        for line in text.splitlines():
+            if not line or line[0] == "#":
+                continue
+            head, _, value = line.rpartition(" ")
+            brace = head.find("{")
+            name = head if brace < 0 else head[:brace]
+            v = float(value)
+            out.totals[name] += v
+            if name == "rtml_feature_freshness_seconds_bucket":
+                m = _LE.search(head)
+                if m:
+                    out.freshness_buckets[float(m.group(1))] += v
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus-style quantile from cumulative buckets (linear within a bucket)."""
+    if not buckets:
+        return None
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in items:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound  # as Prometheus: the highest finite bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def _bucket_delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def free_port_range(count: int, attempts: int = 50) -> int:
+    """A base port with ``count`` consecutive free ports (metrics of process i: base + i)."""
+    import socket
+
+    for _ in range(attempts):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for i in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+class Job:
+    """The features dataflow as ``python -m bytewax.run`` processes (own process groups)."""
+
+    def __init__(self, cfg: RtmlConfig, log_dir: Path, name: str) -> None:
+        self.cfg = cfg
+        self.log_dir = log_dir
+        self.name = name
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports = [cfg.metrics.port + i for i in range(cfg.pipeline.processes)]
+
+    def start(self) -> "Job":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in dataflow_specs(self.cfg):
+            fh = open(self.log_dir / f"{self.name}-{spec.name}.log", "ab")
+            try:
+                self.procs.append(subprocess.Popen(
+                    spec.argv, env={**os.environ, **(spec.env or {})}, stdout=fh, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
+                ))
+            finally:
+                fh.close()
+        return self
+
+    def scrape(self) -> Scrape:
+        return scrape(self.ports)
+
+    def check_alive(self) -> None:
+        dead = [(i, p.returncode) for i, p in enumerate(self.procs) if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{self.name}: dataflow process(es) exited {dead}:\n{self.logs()}")
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        total = 0.0
+        for p in self.procs:
+            try:
+                proc = psutil.Process(p.pid)
+                for pr in [proc, *proc.children(recursive=True)]:
+                    t = pr.cpu_times()
+                    total += t.user + t.system
+            except psutil.Error:
+                continue
+        return round(total, 2)
+
+    def logs(self, max_chars: int = 3000) -> str:
+        return "\n".join(
+            f"--- {f.name}\n{f.read_text(errors='replace')[-max_chars:]}" for f in sorted(self.log_dir.glob(f"{self.name}-*.log"))
+        )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # stragglers in the group too
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs = []
+        for port in self.ports:  # metrics ports free again before the next run picks ports
+            t_end = time.monotonic() + 5
+            while port_is_open(port) and time.monotonic() < t_end:
+                time.sleep(0.05)
+
+
+def job_config(stack_cfg: RtmlConfig, *, topic: str, spec_path: Path, workdir: Path, processes: int,
+               recovery: bool, prefix: str, idle_advance: bool = False, **pipeline: Any) -> RtmlConfig:
+    """The job's configuration on the started stack."""
+    run_dir = workdir / prefix
+    return load_config(env={}, overrides={
+        "kafka": {"bootstrap": stack_cfg.kafka.bootstrap, "events_topic": topic, "fetch_wait_max_ms": 100},
+        "redis": {"url": stack_cfg.redis.url, "key_prefix": prefix},
+        "metrics": {"enabled": True, "port": free_port_range(processes)},
+        "pipeline": {
+            "feature_specs": str(spec_path),
+            "offline_dir": str(run_dir / "offline"),
+            "recovery_dir": str(run_dir / "recovery") if recovery else None,
+            "processes": processes,
+            "idle_advance": idle_advance,
+            **pipeline,
+        },
+    })
+
+
+def _visible(client: redis.Redis, prefix: str, want: dict[str, int]) -> bool:
+    pipe = client.pipeline(transaction=False)
+    users = list(want)
+    for user in users:
+        pipe.hget(f"{prefix}:{VIEW}:{user}", "_t")
+    for user, raw in zip(users, pipe.execute()):
+        if raw is None or int(raw) < want[user]:
+            return False
+    return True
+
+
+def run_pipeline(stack_cfg: RtmlConfig, topic: str, events: EventSet, *, processes: int, recovery: bool,
+                 spec_path: Path, workdir: Path, timeout: float, poll_s: float = 0.05) -> dict[str, Any]:
+    """One catch-up run of the features dataflow over the whole topic; timings and counters."""
+    n = len(events)
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    cfg = job_config(stack_cfg, topic=topic, spec_path=spec_path, workdir=workdir, processes=processes,
+                     recovery=recovery, prefix=prefix)
+    name = f"p{processes}{'r' if recovery else ''}"
+    job = Job(cfg, workdir / "logs", name)
+    client = redis.Redis.from_url(stack_cfg.redis.url or "")
+    t_first = t_folded = t_done = None
+    last: Scrape | None = None
+    try:
+        t0 = time.perf_counter()
+        job.start()
+        deadline = t0 + timeout
+        while True:
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(
+                    f"{name}: not done after {timeout:.0f}s "
+                    f"(in {last.get('rtml_events_in_total') if last else 0}):\n{job.logs()}"
+                )
+            job.check_alive()
+            m = job.scrape()
+            if m.up:
+                last = m
+            if t_first is None and m.get("rtml_events_in_total") > 0:
+                t_first = now
+            folded = m.get("rtml_events_aggregated_total") + m.get("rtml_events_late_total") + m.get(
+                "rtml_events_invalid_total")
+            if t_folded is None and folded >= n:
+                t_folded = now
+            if t_folded is not None and _visible(client, prefix, events.final_times):
+                t_done = time.perf_counter()
+                break
+            time.sleep(poll_s if t_folded is None else 0.01)
+        cpu = job.cpu_seconds()
+        final = job.scrape()
+        if final.up:
+            last = final
+    finally:
+        job.stop()
+        client.close()
+    assert t_first is not None and t_folded is not None and t_done is not None and last is not None
+    processing = t_done - t_first
+    total = t_done - t0
+    redis_count = last.get("rtml_redis_write_seconds_count")
+    return {
+        "processes": processes,
+        "recovery": recovery,
+        "events_per_s": round(n / processing, 1),
+        "events_per_s_incl_startup": round(n / total, 1),
+        "seconds": round(processing, 3),
+        "seconds_incl_startup": round(total, 3),
+        "startup_seconds": round(t_first - t0, 3),
+        "seconds_to_all_folded": round(t_folded - t_first, 3),
+        "events_in": int(last.get("rtml_events_in_total")),
+        "events_aggregated": int(last.get("rtml_events_aggregated_total")),
+        "events_late": int(last.get("rtml_events_late_total")),
+        "events_invalid": int(last.get("rtml_events_invalid_total")),
+        "entity_writes": int(last.get("rtml_features_written_total")),
+        "redis_write_batches": int(redis_count),
+        "redis_write_ms_mean": round(1000 * last.get("rtml_redis_write_seconds_sum") / redis_count, 3)
+        if redis_count else None,
+        "windows_emitted": int(last.get("rtml_windows_emitted_total")),
+        "pipeline_cpu_seconds": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+class _LiveLoad(threading.Thread):
+    """Produce background events at ``rate``/s (event_time = wall clock) plus probe markers."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, probes: Sequence[str], marker_every_s: float,
+                 users: int = 10_000, items: int = 2_000, seed: int = 1) -> None:
+        super().__init__(name="bench-live-load", daemon=True)
+        self.topic = topic
+        self.rate = rate
+        self.probes = list(probes)
+        self.marker_every_s = marker_every_s
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False})
+        # Markers do not wait in the client's linger: their clock starts at produce().
+        self.marker_producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": False})
+        rng = np.random.default_rng(seed)
+        self._u = rng.integers(0, users, 200_000).tolist()
+        self._i = rng.integers(0, items, 200_000).tolist()
+        self._k = rng.choice(len(EVENT_TYPES), 200_000, p=EVENT_TYPE_P).tolist()
+        self._d = np.minimum(rng.lognormal(8.0, 1.0, 200_000), 600_000).astype(np.int64).tolist()
+        self.stop_event = threading.Event()
+        self.markers_on = threading.Event()
+        self.lock = threading.Lock()
+        self.pending: dict[str, collections.deque[tuple[int, float]]] = {p: collections.deque() for p in self.probes}
+        self.markers_sent = 0
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+
+    def _run(self) -> None:
+        dumps = orjson.dumps
+        start = time.perf_counter()
+        next_marker = start
+        probe_i = 0
+        j = 0
+        n_pool = len(self._u)
+        while not self.stop_event.is_set():
+            now = time.perf_counter()
+            due = int((now - start) * self.rate) - self.sent
+            if due > 0:
+                t_ms = int(time.time() * 1000)
+                for _ in range(due):
+                    x = j % n_pool
+                    k = self._k[x]
+                    uid = f"u{self._u[x]}"
+                    ctx = {"dwell_ms": self._d[x]} if k == 2 else {"pos": x % 20}
+                    value = dumps({"user_id": uid, "item_id": f"i{self._i[x]}", "event_type": EVENT_TYPES[k],
+                                   "event_time": t_ms, "context": ctx})
+                    try:
+                        self.producer.produce(self.topic, value=value, key=uid.encode())
+                    except BufferError:
+                        self.producer.poll(0.01)
+                        break
+                    j += 1
+                    self.sent += 1
+                self.producer.poll(0)
+            if self.markers_on.is_set() and now >= next_marker:
+                user = self.probes[probe_i % len(self.probes)]
+                probe_i += 1
+                t_prod = time.time()
+                t_ms = int(t_prod * 1000)
+                value = dumps({"user_id": user, "item_id": "i0", "event_type": "click", "event_time": t_ms,
+                               "context": {}})
+                with self.lock:
+                    self.pending[user].append((t_ms, t_prod))
+                self.marker_producer.produce(self.topic, value=value, key=user.encode())
+                self.marker_producer.poll(0)
+                self.markers_sent += 1
+                next_marker = max(next_marker + self.marker_every_s, now)
+            time.sleep(0.002)
+        self.producer.flush(10)
+        self.marker_producer.flush(10)
+
+
+class _Prober(threading.Thread):
+    """Poll ``HGET <probe key> _t`` and record when each pending marker became visible."""
+
+    def __init__(self, url: str, prefix: str, load: _LiveLoad, interval_s: float = 0.002) -> None:
+        super().__init__(name="bench-probe", daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.keys = {p: f"{prefix}:{VIEW}:{p}" for p in load.probes}
+        self.load = load
+        self.interval_s = interval_s
+        self.latencies_ms: list[float] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            users = list(self.keys)
+            while not self.stop_event.is_set():
+                pipe = self.client.pipeline(transaction=False)
+                for user in users:
+                    pipe.hget(self.keys[user], "_t")
+                values = pipe.execute()
+                seen = time.time()
+                with self.load.lock:
+                    for user, raw in zip(users, values):
+                        if raw is None:
+                            continue
+                        t = int(raw)
+                        q = self.load.pending[user]
+                        while q and q[0][0] <= t:
+                            _t_ms, t_prod = q.popleft()
+                            self.latencies_ms.append((seen - t_prod) * 1000)
+                time.sleep(self.interval_s)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+        finally:
+            self.client.close()
+
+
+def measure_freshness(stack_cfg: RtmlConfig, *, spec_path: Path, workdir: Path, partitions: int,
+                      duration_s: float = 20.0, rate: float = 10_000.0, probes: int = 5,
+                      marker_every_s: float = 0.05, warmup_s: float = 2.0) -> dict[str, Any]:
+    """Live production at ``rate`` for ``duration_s``; freshness by histogram and by probe."""
+    bootstrap = stack_cfg.kafka.bootstrap or ""
+    topic = f"bench-live-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [topic], partitions=partitions)
+    ensure_topics(bootstrap, [topic + stack_cfg.pipeline.dlq_suffix], partitions=1)
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    # Live mode: idle_advance on (the default for a live job), recovery off.
+    cfg = job_config(stack_cfg, topic=topic, spec_path=spec_path, workdir=workdir, processes=1, recovery=False,
+                     prefix=prefix, idle_advance=True)
+    job = Job(cfg, workdir / "logs", "fresh")
+    load = _LiveLoad(bootstrap, topic, rate, [f"probe-{i}" for i in range(probes)], marker_every_s)
+    prober = _Prober(stack_cfg.redis.url or "", prefix, load)
+    try:
+        job.start()
+        load.start()
+        deadline = time.perf_counter() + 60
+        # Wait until the job is up and has caught up with what was produced meanwhile.
+        while True:
+            job.check_alive()
+            if load.error:
+                raise load.error
+            m = job.scrape()
+            if m.get("rtml_events_in_total") > 0 and load.sent - m.get("rtml_events_in_total") < rate * 0.5:
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"freshness job did not catch up:\n{job.logs()}")
+            time.sleep(0.1)
+        time.sleep(warmup_s)
+        prober.start()
+        before = job.scrape()
+        sent_before = load.sent
+        t_start = time.time()
+        load.markers_on.set()
+        time.sleep(duration_s)
+        load.markers_on.clear()
+        t_end = time.time()
+        time.sleep(1.0)  # let the last markers arrive (background load keeps flowing)
+        after = job.scrape()
+        sent_during = load.sent - sent_before
+        load.stop_event.set()
+        load.join(15)
+        prober.stop_event.set()
+        prober.join(5)
+        for err in (load.error, prober.error):
+            if err is not None:
+                raise err
+        cpu = job.cpu_seconds()
+    finally:
+        load.stop_event.set()
+        prober.stop_event.set()
+        job.stop()
+    lat = np.array(prober.latencies_ms)
+    with load.lock:
+        unseen = sum(len(q) for q in load.pending.values())
+    buckets = _bucket_delta(after.freshness_buckets, before.freshness_buckets)
+    p50_h, p99_h = histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets)
+    boundary = int(t_start * 1000) // 300_000 != int(t_end * 1000) // 300_000
+    probe = {
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "max_ms": round(float(lat.max()), 1) if lat.size else None,
+        "mean_ms": round(float(lat.mean()), 1) if lat.size else None,
+        "samples": int(lat.size),
+        "markers_sent": load.markers_sent,
+        "markers_not_seen": unseen,
+    }
+    histogram = {
+        "p50_ms": round(p50_h * 1000, 1) if p50_h is not None else None,
+        "p99_ms": round(p99_h * 1000, 1) if p99_h is not None else None,
+        "observations": int(after.get("rtml_feature_freshness_seconds_count")
+                             - before.get("rtml_feature_freshness_seconds_count")),
+        "bucket_bounds_s": sorted(b for b in buckets if b != float("inf")),
+    }
+    return {
+        "p50_ms": probe["p50_ms"],
+        "p99_ms": probe["p99_ms"],
+        "method": (
+            f"direct probe: {probes} probe users get a marker event every {marker_every_s * 1000:.0f} ms "
+            f"(round robin) on top of {rate:.0f} events/s live load for {duration_s:.0f} s; a thread polls "
+            "HGET <prefix>:user:<probe> _t every ~2 ms; freshness = first poll that sees the marker's "
+            "event time - wall time at produce() (marker producer linger.ms=0, load producer linger.ms=5)"
+        ),
+        "probe": probe,
+        "histogram": histogram,
+        "histogram_method": "rtml_feature_freshness_seconds delta over the measurement window; quantiles "
+                            "interpolated linearly inside buckets (Prometheus histogram_quantile); it observes "
+                            "wall clock - entity's newest event time just before the Redis write",
+        "rate_events_per_s": round(sent_during / (t_end - t_start + 1.0), 1),
+        "duration_s": duration_s,
+        "processes": 1,
+        "config": {"fetch_wait_max_ms": cfg.kafka.fetch_wait_max_ms, "flush_interval_ms": cfg.pipeline.flush_interval_ms,
+                   "idle_advance": cfg.pipeline.idle_advance, "consume_batch_size": cfg.kafka.consume_batch_size},
+        "crossed_5m_tile_boundary": boundary,
+        "pipeline_cpu_seconds": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _proc_cpu(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 - best effort
+        return None
+
+
+def run_benchmark(
+    events: int = 1_000_000,
+    *,
+    partitions: int = 3,
+    processes: Sequence[int] = (1, 2),
+    recovery: bool = True,
+    freshness_s: float = 20.0,
+    freshness_rate: float = 10_000.0,
+    stack: LocalStack | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run every phase once and return the result document (see the module docs)."""
+    own_stack = stack is None
+    tmp = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="rtml-bench-ingest-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    started = time.perf_counter()
+    if own_stack:
+        stack = LocalStack(load_config(env={}, overrides={"kafka": {"bootstrap": None}, "redis": {"url": None}}))
+    assert stack is not None
+    try:
+        stack.start()
+        scfg = stack.config
+        bootstrap = stack.bootstrap
+        spec_path = tmp / "features.yaml"
+        spec_path.write_text(FEATURE_SPEC)
+
+        log(f"generating {events} events")
+        t = time.perf_counter()
+        ev = generate_events(events, seed=seed)
+        gen_s = time.perf_counter() - t
+        topic = f"bench-ingest-{uuid.uuid4().hex[:8]}"
+        ensure_topics(bootstrap, [topic], partitions=partitions)
+        ensure_topics(bootstrap, [topic + scfg.pipeline.dlq_suffix], partitions=1)
+        log(f"producing to {topic}")
+        produce_s = produce_all(bootstrap, topic, ev.messages)
+        ends = topic_end_offsets(bootstrap, topic)
+        if sum(ends.values()) != events:
+            raise RuntimeError(f"topic {topic} holds {sum(ends.values())} records, expected {events}")
+        raw_bytes = sum(len(v) for _, v in ev.messages)
+        ev.messages = []  # free memory before the measured phases
+
+        kafka_cpu0 = _proc_cpu(stack.kafka.pid if stack.kafka else None)
+        log("floor")
+        floor = measure_floor(bootstrap, topic, events, partitions)
+        log(f"floor {floor['events_per_s']:.0f} events/s")
+
+        pipeline: dict[str, Any] = {}
+        timeout = 90 + events / 4000
+        runs = [(p, False) for p in processes] + ([(p, True) for p in processes] if recovery else [])
+        for procs, rec in runs:
+            key = f"{procs}_process{'es' if procs > 1 else ''}{'_recovery' if rec else ''}"
+            log(f"pipeline {key}")
+            res = run_pipeline(scfg, topic, ev, processes=procs, recovery=rec, spec_path=spec_path, workdir=tmp,
+                               timeout=timeout)
+            res["ratio_to_floor"] = round(res["events_per_s"] / floor["events_per_s"], 3)
+            res["ratio_to_floor_incl_startup"] = round(res["events_per_s_incl_startup"] / floor["events_per_s"], 3)
+            pipeline[key] = res
+            log(f"pipeline {key}: {res['events_per_s']:.0f} events/s ({res['seconds']:.1f}s + startup "
+                f"{res['startup_seconds']:.1f}s), ratio {res['ratio_to_floor']}")
+        freshness: dict[str, Any] | None = None
+        if freshness_s > 0:
+            log(f"freshness ({freshness_s:.0f}s live at {freshness_rate:.0f}/s)")
+            freshness = measure_freshness(scfg, spec_path=spec_path, workdir=tmp, partitions=partitions,
+                                          duration_s=freshness_s, rate=freshness_rate)
+            log(f"freshness probe p50 {freshness['p50_ms']} ms p99 {freshness['p99_ms']} ms; histogram "
+                f"p50 {freshness['histogram']['p50_ms']} p99 {freshness['histogram']['p99_ms']}")
+        kafka_cpu1 = _proc_cpu(stack.kafka.pid if stack.kafka else None)
+    finally:
+        if own_stack:
+            stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    total_s = time.perf_counter() - started
+    if events != 1_000_000:
+        notes.append(f"run with {events} events instead of the default 1,000,000 (--events)")
+    notes += [
+        "Pipeline seconds start at the first metrics scrape (every 50 ms) showing rtml_events_in_total > 0 and end "
+        "when aggregated+late+invalid == events and the newest _t of the users of the last 30 produced events is "
+        "visible in Redis; *_incl_startup counts from spawning the processes.",
+        "Each pipeline run reads the same topic from offset 0 with a fresh Redis key prefix, idle_advance off, "
+        "default flush_interval_ms/out_of_orderness/allowed_lateness, shards_per_view 8; recovery runs snapshot "
+        "every snapshot_interval_s (default 5 s) to SQLite.",
+        "Event times span ~N/10k s starting 30 s after a 5-minute boundary, so no window closes and no tile "
+        "expires during catch-up runs: the offline Parquet sink is idle; Redis writes of running values are the "
+        "output cost.",
+        "Everything (Tansu broker, redis-server, Bytewax processes, this driver) shares the machine's cores; with "
+        "2 cores, 2 processes also compete with the broker and Redis.",
+    ]
+    if freshness is not None and freshness.get("crossed_5m_tile_boundary"):
+        notes.append("The freshness window crossed a 5-minute tile boundary: every user with events in the "
+                     "previous tile was rewritten at once, which inflates both freshness measures.")
+    machine = machine_description()
+    result: dict[str, Any] = {
+        "benchmark": NAME,
+        "machine": machine,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "events": events,
+        "partitions": partitions,
+        "event_bytes_mean": round(raw_bytes / events, 1),
+        "event_types": ev.type_counts,
+        "setup": {"generate_seconds": round(gen_s, 2), "produce_seconds": round(produce_s, 2),
+                  "produce_events_per_s": round(events / produce_s, 1)},
+        "floor": floor,
+        "pipeline": pipeline,
+        "freshness": freshness,
+        "targets": dict(TARGETS),
+        "target_results": _target_results(pipeline, freshness),
+        "broker_cpu_seconds": round(kafka_cpu1 - kafka_cpu0, 2) if kafka_cpu0 is not None and kafka_cpu1 is not None
+        else None,
+        "benchmark_seconds": round(total_s, 1),
+        "notes": notes,
+    }
+    return result
+
+
+def _target_results(pipeline: dict[str, Any], freshness: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    two = pipeline.get("2_processes")
+    if two is not None:
+        out["ratio_2_processes"] = {"value": two["ratio_to_floor"], "met": two["ratio_to_floor"] >= TARGETS["ratio_2_processes"]}
+    if freshness is not None and freshness.get("p99_ms") is not None:
+        out["freshness_p99_ms"] = {"value": freshness["p99_ms"],
+                                   "met": freshness["p99_ms"] <= TARGETS["freshness_p99_ms"]}
+    return out
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README table of one result document."""
+    floor = result["floor"]["events_per_s"]
+    lines = [
+        f"Ingest, {result['events']:,} events, {result['partitions']} partitions, embedded Tansu + Redis "
+        f"({machine_line(result['machine'])}; {result['date_utc']}).",
+        "",
+        "| measure | events/s | ratio to floor | seconds (+ startup) | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+        f"| floor: raw consume + orjson.loads, 1 process | {fmt_rate(floor)} | 1.00 | "
+        f"{result['floor']['seconds']:.1f} | |",
+    ]
+    labels = {
+        "1_process": "features dataflow, 1 process",
+        "2_processes": "features dataflow, 2 processes",
+        "1_process_recovery": "features dataflow, 1 process, recovery on",
+        "2_processes_recovery": "features dataflow, 2 processes, recovery on",
+    }
+    for key, res in result["pipeline"].items():
+        target = ""
+        if key == "2_processes":
+            met = res["ratio_to_floor"] >= TARGETS["ratio_2_processes"]
+            target = f"ratio ≥ {TARGETS['ratio_2_processes']}: {'met' if met else 'not met'}"
+        lines.append(
+            f"| {labels.get(key, key)} | {fmt_rate(res['events_per_s'])} | {res['ratio_to_floor']:.2f} | "
+            f"{res['seconds']:.1f} (+{res['startup_seconds']:.1f}) | {target} |"
+        )
+    fr = result.get("freshness")
+    if fr:
+        lines += [
+            "",
+            "| freshness, 1 process, live 10k events/s | p50 ms | p99 ms | target |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        met = fr["p99_ms"] is not None and fr["p99_ms"] <= TARGETS["freshness_p99_ms"]
+        lines.append(f"| probe: produce() → HGET sees it | {fr['probe']['p50_ms']} | {fr['probe']['p99_ms']} | "
+                     f"p99 ≤ {TARGETS['freshness_p99_ms']} ms: {'met' if met else 'not met'} |")
+        lines.append(f"| rtml_feature_freshness_seconds histogram | {fr['histogram']['p50_ms']} | "
+                     f"{fr['histogram']['p99_ms']} | |")
+    lines += ["", "Reproduce: `python -m benchmarks.ingest` (results in `benchmarks/results/ingest.json`)."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
+    parser.add_argument("--no-recovery", action="store_true", help="skip the runs with recovery on")
+    parser.add_argument("--freshness-seconds", type=float, default=20.0, help="0 skips the freshness phase")
+    parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
+    parser.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    args = parser.parse_args(argv)
+    result = run_benchmark(
+        args.events,
+        partitions=args.partitions,
+        processes=[int(x) for x in args.processes.split(",") if x.strip()],
+        recovery=not args.no_recovery,
+        freshness_s=args.freshness_seconds,
+    )
+    path = write_result(NAME, result, args.out)
+    log(f"wrote {path} (benchmark took {result['benchmark_seconds']:.0f}s)")
+    table = markdown_table(result)
+    if args.no_readme:
+        print(table)
+    elif update_readme_table(NAME, table):
+        log("updated README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
