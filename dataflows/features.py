@@ -39,6 +39,8 @@ def views_from_config(cfg: RtmlConfig) -> list[FeatureView]:
 
 def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[DeadLetter]:
     if metrics is not None:
+        if out.watermark_ms is not None:
+            metrics.watermark_ms.labels(out.shard).set(out.watermark_ms)
         if out.late:
             metrics.events_late.labels(out.view).inc(len(out.late))
         if out.accepted:
@@ -48,7 +50,16 @@ def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[Dea
         f"feature view {out.view}: event time is more than the allowed lateness behind "
         f"the watermark ({out.watermark_ms} ms)"
     )
-    return [DeadLetter(LATE, detail, topic, partition, offset, raw, now_ms) for topic, partition, offset, raw in out.late]
+    return [
+        DeadLetter(LATE, detail, topic, partition, offset, raw, now_ms, headers)
+        for topic, partition, offset, raw, headers in out.late
+    ]
+
+
+def _with_shard(keyed: tuple[str, ShardOutput]) -> ShardOutput:
+    key, out = keyed
+    out.shard = key
+    return out
 
 
 def build_features_flow(
@@ -77,12 +88,12 @@ def build_features_flow(
     keyed = op.stateful_batch(
         "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock)
     )
-    results = op.map("unkey", keyed, lambda kv: kv[1])
+    results = op.map("unkey", keyed, _with_shard)
     op.output("online", results, RedisFeatureSink(cfg.redis.url, views, cfg.redis.key_prefix, metrics))
     op.output(
         "offline",
         results,
-        OfflineLogSink(p.offline_dir, views, metrics, run_id),
+        OfflineLogSink(p.offline_dir or "", views, metrics, run_id),
     )
     late = op.flat_map("late", results, lambda out: _late_letters(out, metrics))
     dead = op.merge("dead_letters", invalid, late)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -68,15 +69,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     from engine.runtime.progress import pipeline_progress
     from engine.runtime.stack import LocalStack
     from engine.runtime.supervisor import Alert, Supervisor
+    from prometheus_client import start_http_server
 
     cfg = _config(args)
     if args.processes:
         cfg.pipeline.processes = args.processes
     if args.no_recovery:
-        cfg.pipeline.recovery_dir = None
+        cfg.pipeline.recovery = False
     with LocalStack(cfg) as stack:
         stack.ensure_topics()
         cfg = stack.config
+        if stack.kafka is not None and cfg.pipeline.recovery:
+            # The embedded broker keeps data in memory only: offsets saved by an earlier
+            # run point into topics that no longer exist, so start from clean state.
+            shutil.rmtree(Path(cfg.pipeline.recovery_dir or ""), ignore_errors=True)
         print(f"kafka {cfg.kafka.bootstrap}  redis {cfg.redis.url}  metrics :{cfg.metrics.port}+", flush=True)
 
         def on_alert(alert: Alert) -> None:
@@ -89,6 +95,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             dataflow_specs(cfg), cfg, log_dir=Path(cfg.data_dir) / "logs", echo=True,
             progress=pipeline_progress(cfg), on_alert=on_alert,
         )
+        if cfg.metrics.enabled and cfg.metrics.supervisor_port:
+            start_http_server(cfg.metrics.supervisor_port, registry=supervisor.registry)
         supervisor.run_forever()  # until Ctrl-C / SIGTERM; stops the children
     return 0
 
@@ -117,7 +125,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from dataflows.features import views_from_config
     from engine.runtime.stack import LocalStack
 
-    with LocalStack(_config(args)) as stack:
+    cfg = _config(args)
+    if not cfg.redis.url:
+        print("rtml backfill writes to an existing Redis: set RTML_REDIS_URL (an embedded one would be "
+              "thrown away on exit)", file=sys.stderr)
+        return 2
+    with LocalStack(cfg) as stack:
         metrics = run_backfill(stack.config, views_from_config(stack.config), args.files)
     total = {m.name: sum(s.value for s in m.samples if s.name.endswith("_total")) for m in metrics.registry.collect()}
     print(orjson.dumps({k: v for k, v in total.items() if v}).decode())

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -64,8 +64,9 @@ class PipelineConfig(_Section):
     shards_per_view: int = Field(8, ge=1)
     # Coalesce running-feature writes to Redis at most this often per shard.
     flush_interval_ms: int = Field(50, ge=0)
-    offline_dir: str = ".rtml/offline"
-    recovery_dir: str | None = ".rtml/recovery"
+    offline_dir: str | None = None  # None: <data_dir>/offline
+    recovery: bool = True  # Bytewax snapshots: restart resumes state and offsets
+    recovery_dir: str | None = None  # None: <data_dir>/recovery
     snapshot_interval_s: int = Field(5, ge=1)  # Bytewax takes whole seconds
     processes: int = Field(1, ge=1)
     dlq_suffix: str = ".dlq"
@@ -85,6 +86,7 @@ class MetricsConfig(_Section):
 
     enabled: bool = True
     port: int = Field(9400, ge=0, le=65535)
+    supervisor_port: int = Field(9399, ge=0, le=65535)  # ``rtml up``'s own metrics; 0 disables
 
 
 class RtmlConfig(_Section):
@@ -96,6 +98,15 @@ class RtmlConfig(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig = MetricsConfig()
     data_dir: str = ".rtml"
+
+    @model_validator(mode="after")
+    def _paths_under_data_dir(self) -> "RtmlConfig":
+        # Unset paths live under data_dir, so moving data_dir moves everything.
+        if self.pipeline.offline_dir is None:
+            self.pipeline.offline_dir = str(Path(self.data_dir) / "offline")
+        if self.pipeline.recovery_dir is None:
+            self.pipeline.recovery_dir = str(Path(self.data_dir) / "recovery")
+        return self
 
 
 ENV_PREFIX = "RTML_"

@@ -47,6 +47,7 @@ def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1500.0) ->
     """Run the tour; returns a process exit code (0 when every event was accounted for)."""
     cfg = cfg.model_copy(deep=True)
     run_dir = Path(cfg.data_dir) / f"demo-{int(time.time())}"
+    cfg.data_dir = str(run_dir)
     cfg.pipeline.offline_dir = str(run_dir / "offline")
     cfg.pipeline.recovery_dir = str(run_dir / "recovery")
     # A short lateness lets the 1-minute windows close within the tour.

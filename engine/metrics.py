@@ -48,7 +48,8 @@ class PipelineMetrics:
                                     registry=r)
         self.input_lag = Gauge("rtml_input_lag_messages", "End offset minus next offset", ["topic", "partition"],
                                registry=r)
-        self.watermark_ms = Gauge("rtml_watermark_ms", "Watermark per view shard", ["shard"], registry=r)
+        self.watermark_ms = Gauge("rtml_watermark_ms", "Event-time watermark per view shard", ["shard"],
+                                  registry=r)
         self.dlq_written = Counter("rtml_dlq_written", "Messages written to dead-letter topics", ["topic"], registry=r)
 
     def serve(self, port: int) -> None:

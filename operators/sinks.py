@@ -53,7 +53,8 @@ class _RedisPartition(StatelessSinkPartition[ShardOutput]):
             m.features_written.labels(view).inc(len(rows))
             hist = m.freshness_seconds.labels(view)
             for row in rows:
-                hist.observe(max(0.0, (wall_ms - row.last_event_ms) / 1000))
+                if row.has_new_events:  # a write because a window slid says nothing of freshness
+                    hist.observe(max(0.0, (wall_ms - row.last_event_ms) / 1000))
 
 
 class RedisFeatureSink(DynamicSink[ShardOutput]):

@@ -12,8 +12,8 @@ from engine.events.validation import Invalid, validate_interaction
 from engine.metrics import PipelineMetrics
 from operators.sources import RawBatch
 
-# Where an event came from and its original bytes, kept so a late event can be dead-lettered.
-Origin = tuple[str, int, int, bytes]
+# Where an event came from, its original bytes and headers: a late event is dead-lettered as it came.
+Origin = tuple[str, int, int, bytes, tuple[tuple[str, bytes], ...]]
 
 
 @dataclass(slots=True)
@@ -44,7 +44,7 @@ def validate_batch(
                            tuple(headers or ()))
             )
         else:
-            out.events.append((result, (topic, partition, offset, raw)))  # type: ignore[arg-type]
+            out.events.append((result, (topic, partition, offset, raw, tuple(headers or ()))))  # type: ignore[arg-type]
     if metrics is not None:
         metrics.events_in.labels(topic).inc(len(batch.messages))
         metrics.events_valid.labels(topic).inc(len(out.events))

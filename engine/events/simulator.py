@@ -308,6 +308,8 @@ class Simulator:
                 # Delays, capped so a click lands before its label.
                 click_at = times + np.minimum(rng.exponential(max(click_delay_ms, 1e-9), b), 0.9 * label_delay_ms)
                 view_at = click_at + rng.exponential(1000.0, b)
+                # Dwell time grows with affinity (no extra random draws: streams stay seed-stable).
+                dwell = np.minimum((view_at - click_at) * 30.0 * _sigmoid(affinity), 600_000.0).astype(np.int64)
                 conv_at = click_at + rng.exponential(max(conv_delay_ms, 1e-9), b)
                 label_at = times + label_delay_ms + rng.random(b) * 1000.0
                 lags = np.minimum(rng.exponential(max(mean_lag, 1e-9), (5, b)), max_lag) if max_lag else np.zeros((5, b))
@@ -328,6 +330,7 @@ class Simulator:
                     invalid.tolist(),
                 )
                 pick_l = invalid_pick.tolist()
+                dwell_l = dwell.tolist()
                 lag0, lag1, lag2, lag3, lag4 = lag_l
 
                 for k in range(b):
@@ -360,7 +363,8 @@ class Simulator:
                         seq += 1
                         if viewed_l[k]:
                             vt = view_l[k]
-                            heappush(heap, (vt + lag3[k], seq, Interaction(uid, iid, "view", vt, dict(ctx), rid)))
+                            view_ctx = {**ctx, "dwell_ms": dwell_l[k]}
+                            heappush(heap, (vt + lag3[k], seq, Interaction(uid, iid, "view", vt, view_ctx, rid)))
                             seq += 1
                         if conv_l_flag[k]:
                             cvt = conv_l[k]

@@ -1,6 +1,6 @@
 """The offline store: a Parquet log of closed windows, partitioned by hour.
 
-Layout: ``<root>/<view>/date=YYYY-MM-DD/hour=HH/part-<writer>-<seq>.parquet`` where
+Layout: ``<root>/<view>/date=YYYY-MM-DD/hour=HH/part-<writer>-<random>.parquet`` where
 the hour is that of ``window_end_ms`` (the feature time). Columns: ``entity``,
 ``window``, ``window_start_ms``, ``window_end_ms``, ``created_ms`` and one column per
 feature (without the window suffix). Output is at-least-once: after a crash a

@@ -9,7 +9,8 @@ per slide interval), and windows are answered by merging tiles.
 Semantics (documented in docs/features.md):
 
 * watermark = max event time seen by the shard - ``out_of_orderness_ms``
-  (+ wall-clock time since that event when ``idle_advance`` is on);
+  (+ wall-clock time since that event when ``idle_advance`` is on); it never
+  moves back, so nothing is accepted into a window that was already closed;
 * an event is *late* when its time is before ``watermark - allowed_lateness_ms``;
   late events are returned to the caller (dead-letter queue), never aggregated;
 * a window ``[end - size, end)`` is *closed* (final, logged offline) once
@@ -53,6 +54,7 @@ class RunningValues:
     values: dict[str, Any]
     last_event_ms: int
     asof_ms: int
+    has_new_events: bool = True  # False when only the window slid (for freshness metrics)
 
 
 @dataclass(slots=True)
@@ -90,6 +92,10 @@ class ShardAggregator:
             _SlideGroup(slide, ws, max(w.tiles for w in ws)) for slide, ws in sorted(by_slide.items())
         ]
         self.max_event_ms: int | None = None
+        # Watermark and asof never move back, even when idle advance overshot the next event.
+        self._wm_high: int | None = None
+        self._asof_high: int | None = None
+        self._touched: set[str] = set()
         self._wall_at_max = 0.0
         self._last_event: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -103,16 +109,22 @@ class ShardAggregator:
         return max(0, int((wall_now - self._wall_at_max) * 1000))
 
     def watermark_ms(self, wall_now: float) -> int | None:
-        """Event time before which the shard expects no more (on-time) events."""
+        """Event time before which the shard expects no more (on-time) events; monotone."""
         if self.max_event_ms is None:
             return None
-        return self.max_event_ms - self.out_of_orderness_ms + self._idle_ms(wall_now)
+        raw = self.max_event_ms - self.out_of_orderness_ms + self._idle_ms(wall_now)
+        if self._wm_high is None or raw > self._wm_high:
+            self._wm_high = raw
+        return self._wm_high
 
     def asof_ms(self, wall_now: float) -> int | None:
-        """The time running windows are computed as of."""
+        """The time running windows are computed as of; monotone."""
         if self.max_event_ms is None:
             return None
-        return self.max_event_ms + self._idle_ms(wall_now)
+        raw = self.max_event_ms + self._idle_ms(wall_now)
+        if self._asof_high is None or raw > self._asof_high:
+            self._asof_high = raw
+        return self._asof_high
 
     # -- ingest ---------------------------------------------------------------
     def ingest(self, rows: Iterable[Row], wall_now: float) -> list[Hashable]:
@@ -122,18 +134,19 @@ class ShardAggregator:
         groups = self._groups
         last_event = self._last_event
         dirty = self._dirty
+        touched = self._touched
         max_t = self.max_event_ms
-        idle = self._idle_ms(wall_now)
-        threshold = None if max_t is None else max_t - self.out_of_orderness_ms + idle - self.allowed_lateness_ms
+        wm = self.watermark_ms(wall_now)
+        high = wm if wm is not None else -(2**62)
+        threshold = None if wm is None else wm - self.allowed_lateness_ms
         for entity, t, inputs, ref in rows:
             if threshold is not None and t < threshold:
                 late.append(ref)
                 continue
             if max_t is None or t > max_t:
                 max_t = t
-                idle = 0
                 self._wall_at_max = wall_now
-                threshold = max_t - self.out_of_orderness_ms - self.allowed_lateness_ms
+                threshold = max(high, max_t - self.out_of_orderness_ms) - self.allowed_lateness_ms
             for g in groups:
                 k = t // g.slide_ms
                 ent_tiles = g.tiles.get(entity)
@@ -152,9 +165,11 @@ class ShardAggregator:
             if prev is None or t > prev:
                 last_event[entity] = t
             dirty.add(entity)
+            touched.add(entity)
             self.accepted += 1
         self.max_event_ms = max_t
         self.late += len(late)
+        self.watermark_ms(wall_now)
         self._expire(wall_now)
         return late
 
@@ -206,7 +221,8 @@ class ShardAggregator:
             last = self._last_event.get(entity)
             if last is None:
                 continue
-            out.append(RunningValues(entity, values, last, asof))
+            out.append(RunningValues(entity, values, last, asof, entity in self._touched))
+            self._touched.discard(entity)
             if all(entity not in g.tiles for g in self._groups):
                 del self._last_event[entity]  # everything expired; this write zeroed it
         return out
@@ -278,6 +294,9 @@ class ShardAggregator:
         enc = self.program.encode_partial
         return {
             "max_event_ms": self.max_event_ms,
+            "wm_high": self._wm_high,
+            "asof_high": self._asof_high,
+            "touched": sorted(self._touched),
             "last_event": dict(self._last_event),
             "dirty": sorted(self._dirty),
             "groups": [
@@ -296,6 +315,9 @@ class ShardAggregator:
         """Load a :meth:`snapshot` (the spec must be unchanged)."""
         dec = self.program.decode_partial
         self.max_event_ms = state["max_event_ms"]
+        self._wm_high = state["wm_high"]
+        self._asof_high = state["asof_high"]
+        self._touched = set(state["touched"])
         self._wall_at_max = wall_now
         self._last_event = dict(state["last_event"])
         self._dirty = set(state["dirty"])

@@ -56,6 +56,20 @@ def parse_duration_ms(value: str | int) -> int:
     return ms
 
 
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+# Columns of the offline log that a feature may not shadow.
+RESERVED_NAMES = frozenset({"entity", "window", "window_start_ms", "window_end_ms", "created_ms"})
+_VIEW_KEYS = frozenset({"name", "entity", "windows", "features", "event_types", "ttl", "description"})
+_FEATURE_KEYS = frozenset({"name", "agg", "field", "where", "numerator", "denominator", "windows", "dtype"})
+
+
+def _check_keys(kind: str, data: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{kind} {data.get('name', '?')!r}: unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+
+
 class Agg(str, Enum):
     """Aggregations a feature can use."""
 
@@ -125,6 +139,9 @@ class Feature:
         return "float"
 
     def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name) or self.name in RESERVED_NAMES:
+            raise ValueError(f"feature name {self.name!r}: use letters, digits and _, and none of "
+                             f"{', '.join(sorted(RESERVED_NAMES))}")
         if self.dtype not in (None, "float", "str"):
             raise ValueError(f"feature {self.name}: dtype must be float or str")
         needs_field = self.agg not in (Agg.COUNT, Agg.RATIO)
@@ -135,6 +152,7 @@ class Feature:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Feature":
+        _check_keys("feature", data, _FEATURE_KEYS)
         where_raw = data.get("where") or {}
         where = tuple(
             (key, tuple(value) if isinstance(value, (list, tuple)) else (value,))
@@ -177,6 +195,11 @@ class FeatureView:
         window_names = {w.name for w in self.windows}
         if len(window_names) != len(self.windows):
             raise ValueError(f"view {self.name}: duplicate window names")
+        if not self.windows:
+            raise ValueError(f"view {self.name}: needs at least one window")
+        for w in self.windows:
+            if not re.fullmatch(r"[A-Za-z0-9]+", w.name):
+                raise ValueError(f"view {self.name}: window name {w.name!r} must be letters and digits")
         by_name = {f.name: f for f in self.features}
         for feat in self.features:
             for w in feat.windows or ():
@@ -189,6 +212,9 @@ class FeatureView:
                         raise ValueError(f"feature {feat.name}: {ref} must be a non-ratio feature of the view")
                     if set(self.windows_of(feat)) - set(self.windows_of(target)):
                         raise ValueError(f"feature {feat.name}: {ref} is not computed over the same windows")
+        columns = self.feature_names()
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"view {self.name}: feature and window names give duplicate columns")
 
     def windows_of(self, feat: Feature) -> tuple[str, ...]:
         """Window names a feature is computed over."""
@@ -214,6 +240,7 @@ class FeatureView:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureView":
+        _check_keys("view", data, _VIEW_KEYS)
         entity = data["entity"]
         windows_raw = data.get("windows") or {}
         event_types = data.get("event_types")
@@ -231,8 +258,8 @@ class FeatureView:
 def load_views(source: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[FeatureView]:
     """Load feature views from a YAML file path, YAML text, or already-parsed data."""
     data: Any = source
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
-        data = yaml.safe_load(Path(source).read_text())
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        data = yaml.safe_load(Path(source).read_text())  # a path (YAML text spans lines)
     elif isinstance(source, str):
         data = yaml.safe_load(source)
     if isinstance(data, Mapping):

@@ -32,7 +32,7 @@ def dataflow_specs(cfg: RtmlConfig, flow: str = FEATURES_FLOW, name: str = "feat
     p = cfg.pipeline
     n = p.processes
     base = [sys.executable, "-m", "bytewax.run", flow]
-    if p.recovery_dir:
+    if p.recovery and p.recovery_dir:
         recovery = Path(p.recovery_dir) / name
         init_recovery(recovery, n)
         base += ["-r", str(recovery), "-s", str(p.snapshot_interval_s), "-b", "0"]

@@ -19,7 +19,7 @@ from engine.config import RtmlConfig, load_config
 from engine.runtime.jobs import dataflow_specs
 from engine.runtime.ports import free_port
 from engine.runtime.stack import LocalStack
-from engine.runtime.topics import ensure_topics
+from engine.runtime.topics import ensure_topics, topic_partitions
 
 
 @dataclass
@@ -78,7 +78,8 @@ def features_job(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Fe
             "metrics": {"port": free_port()},
             "pipeline": {
                 "offline_dir": str(tmp_path / "offline"),
-                "recovery_dir": str(tmp_path / "recovery") if recovery else None,
+                "recovery": recovery,
+                "recovery_dir": str(tmp_path / "recovery"),
                 "processes": processes,
                 "idle_advance": False,
                 "shards_per_view": 4,
@@ -111,9 +112,10 @@ def produce_events(bootstrap: str, topic: str, events: Sequence[dict[str, Any]])
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
-    """Read a single-partition topic from the start until ``expected`` messages or timeout."""
+    """Read every partition of a topic from the start until ``expected`` messages or timeout."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
+    partitions = topic_partitions(bootstrap, topic)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(out) < expected and time.monotonic() < deadline:

@@ -41,18 +41,21 @@ def _dataflow_pids(up: subprocess.Popen[bytes]) -> list[int]:
 def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(stack, tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     topic, alerts = f"events-up-{suffix}", f"alerts-up-{suffix}"
-    port = free_port()
+    port, supervisor_port = free_port(), free_port()
     env = {
         **os.environ,
         "RTML_KAFKA_BOOTSTRAP": stack.bootstrap, "RTML_REDIS_URL": stack.redis_url,
         "RTML_KAFKA_EVENTS_TOPIC": topic, "RTML_KAFKA_ALERTS_TOPIC": alerts,
         "RTML_REDIS_KEY_PREFIX": f"up{suffix}", "RTML_METRICS_PORT": str(port),
+        "RTML_METRICS_SUPERVISOR_PORT": str(supervisor_port),
         "RTML_DATA_DIR": str(tmp_path), "RTML_PIPELINE_RECOVERY_DIR": str(tmp_path / "recovery"),
         "RTML_SUPERVISOR_STALL_AFTER_S": "2", "RTML_SUPERVISOR_CHECK_INTERVAL_S": "0.5",
         "RTML_SUPERVISOR_BACKOFF_INITIAL_S": "0.2",
     }
     ensure_topics(stack.bootstrap, [topic, alerts], partitions=3)
-    up = _rtml("up", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = tmp_path / "up.log"
+    log = open(log_path, "wb")
+    up = _rtml("up", env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = redis.Redis.from_url(stack.redis_url)
     try:
         def ready() -> bool:
@@ -71,6 +74,7 @@ def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(sta
         [pid] = _dataflow_pids(up)
         os.kill(pid, signal.SIGSEGV)
         assert wait_until(lambda: (p := _dataflow_pids(up)) != [] and p != [pid], 30)
+        assert scrape(supervisor_port)["rtml_supervisor_restarts_total"] >= 1
 
         # A frozen dataflow with events waiting raises the stall alert on the alerts topic.
         assert wait_until(ready, 30)
@@ -79,7 +83,7 @@ def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(sta
         subprocess.run([sys.executable, "-m", "engine.cli", "produce", "--fast", "--max-events", "200", "--seed", "1"],
                        env=env, capture_output=True, timeout=60, check=True)
         [msg] = consume_all(stack.bootstrap, alerts, 1, timeout=30)[:1] or [None]
-        assert msg is not None, "no stall alert"
+        assert msg is not None, "no stall alert:\n" + log_path.read_text()[-3000:]
         assert orjson.loads(msg.value())["kind"] == "input_stalled"
         os.kill(pid, signal.SIGCONT)
 
@@ -97,6 +101,6 @@ def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(sta
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
             raise
-    assert code == 0, up.stdout.read().decode()[-3000:] if up.stdout else ""
+    assert code == 0, log_path.read_text()[-3000:]
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

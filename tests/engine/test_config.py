@@ -44,6 +44,14 @@ def test_invalid_values_and_unknown_keys_are_refused(tmp_path: Path) -> None:
 
 def test_to_env_round_trips() -> None:
     cfg = load_config(env={}, overrides={"kafka": {"bootstrap": "h:1"}, "pipeline": {"idle_advance": False,
-                                                                                     "recovery_dir": None}})
+                                                                                     "recovery": False}})
     again = load_config(env=to_env(cfg))
     assert again.model_dump() == cfg.model_dump()
+
+
+def test_paths_default_under_data_dir() -> None:
+    cfg = load_config(env={"RTML_DATA_DIR": "/srv/rtml"})
+    assert cfg.pipeline.offline_dir == "/srv/rtml/offline"
+    assert cfg.pipeline.recovery_dir == "/srv/rtml/recovery" and cfg.pipeline.recovery
+    explicit = load_config(env={"RTML_DATA_DIR": "/srv/rtml", "RTML_PIPELINE_OFFLINE_DIR": "/lake/features"})
+    assert explicit.pipeline.offline_dir == "/lake/features"

@@ -79,3 +79,21 @@ def test_snapshot_restore_continues_identically() -> None:
     ents = sorted({program.entity_key(e) for e in events})
     assert [r.values for r in a.running(ents)] == [r.values for r in b.running(ents)]
     assert a.close_windows(0.0) == b.close_windows(0.0)
+
+
+def test_watermark_never_moves_back_after_idle_advance() -> None:
+    from engine.features.spec import FeatureView
+
+    view = FeatureView.from_dict({"name": "v", "entity": "user_id", "windows": {"1s": "1s"},
+                                  "features": [{"name": "n", "agg": "count"}]})
+    program = ViewProgram(view)
+    shard = ShardAggregator(program, out_of_orderness_ms=0, allowed_lateness_ms=0, idle_advance=True)
+    assert shard.ingest([("a", 1_000, (1,), "e1")], wall_now=100.0) == []
+    # 40 s of silence: the watermark advances with the wall clock and closes windows.
+    closed = shard.close_windows(wall_now=140.0)
+    assert [(r["window_end_ms"], r["n"]) for r in closed] == [(2_000, 1)]
+    wm = shard.watermark_ms(140.0)
+    assert wm >= 40_000
+    # An event behind that watermark is late, even though it is newer than the last event.
+    assert shard.ingest([("a", 31_600, (1,), "e2")], wall_now=140.0) == ["e2"]
+    assert shard.watermark_ms(140.0) >= wm
