@@ -39,6 +39,10 @@ class AggregateSettings:
 
 # How often an idle shard wakes to let wall-clock time close windows (idle_advance only).
 _IDLE_TICK_S = 1.0
+# Under load, wait at least this many times the last flush's compute time before the next
+# one: computing + writing running values then takes a bounded share of the time, and the
+# longer gap coalesces more events per entity write. At low rates flush_interval_ms rules.
+_FLUSH_BACKOFF = 12.0
 
 
 # A routed item: the view's name and a batch of its rows for one shard.
@@ -67,6 +71,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         if resume is not None:
             self._init(resume["view"]).restore(resume["state"], clock())
         self._last_flush = 0.0
+        self._flush_gap = settings.flush_interval_ms / 1000
 
     def _init(self, view: str) -> ShardAggregator:
         self._view = view
@@ -85,10 +90,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
 
     def _emit(self, now: float, late: list[Origin], accepted: int) -> ShardOutput:
         out = ShardOutput(self._view, late=late, accepted=accepted)
-        interval = self.settings.flush_interval_ms / 1000
-        if self.shard.has_dirty and now - self._last_flush >= interval:
-            self.shard._expire(now)  # idle time may have slid tiles out since the last batch
+        if self.shard.has_dirty and now - self._last_flush >= self._flush_gap:
+            self.shard.expire(now)  # idle time may have slid tiles out since the last batch
+            started = time.perf_counter()
             out.running = self.shard.running(self.shard.take_dirty(), now)
+            cost = time.perf_counter() - started
+            self._flush_gap = max(self.settings.flush_interval_ms / 1000, _FLUSH_BACKOFF * cost)
             self._last_flush = now
         out.closed = self.shard.close_windows(now)
         out.watermark_ms = self.shard.watermark_ms(now)
@@ -109,7 +116,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             return [], False
         now = self.clock()
         if self.settings.idle_advance:
-            self.shard._expire(now)
+            self.shard.expire(now)
         out = self._emit(now, [], 0)
         if not (out.running or out.closed):
             return [], False
@@ -129,7 +136,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             return None
         now = self.clock()
         if self.shard.has_dirty:
-            due = self._last_flush + self.settings.flush_interval_ms / 1000
+            due = self._last_flush + self._flush_gap
             return datetime.fromtimestamp(max(due, now), tz=timezone.utc)
         if self.settings.idle_advance and self.shard.max_event_ms is not None:
             return datetime.now(timezone.utc) + timedelta(seconds=_IDLE_TICK_S)

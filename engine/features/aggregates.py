@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import datasketches
 
@@ -112,6 +112,10 @@ class ViewProgram:
         self._window_columns = {
             w.name: [(f"{feat.name}_{w.name}", feat) for feat in view.features if w.name in view.windows_of(feat)]
             for w in view.windows
+        }
+        # Per window: (column, finalizer) in order, ratios last; finalizers read slots directly.
+        self._finalizers = {
+            w: [(col, feat, self._finalizer(feat)) for col, feat in cols] for w, cols in self._window_columns.items()
         }
 
     # -- events -> inputs -------------------------------------------------
@@ -206,64 +210,63 @@ class ViewProgram:
                     sketch = acc[i] = datasketches.hll_sketch(HLL_LG_K)
                 sketch.update(x)
 
-    def merge(self, partials: Iterable[list[Any]]) -> list[Any]:
-        """Merge partials of disjoint tiles into one (inputs are not modified)."""
-        out = self.new_partial()
-        unions: dict[int, Any] = {}
-        for acc in partials:
-            for i, kind in enumerate(self._kinds):
-                x = acc[i]
-                if kind == COUNT or kind == NUM or kind == SUM:
-                    out[i] += x
-                elif x is None:
-                    continue
-                elif kind == MIN:
-                    if out[i] is None or x < out[i]:
-                        out[i] = x
-                elif kind == MAX:
-                    if out[i] is None or x > out[i]:
-                        out[i] = x
-                elif kind == LAST or kind == LAST_STR:
-                    if out[i] is None or x > out[i]:
-                        out[i] = x
-                else:
-                    union = unions.get(i)
-                    if union is None:
-                        union = unions[i] = datasketches.hll_union(HLL_LG_K)
-                    union.update(x)
-        for i, union in unions.items():
-            out[i] = union.get_result()
+    def merge(self, partials: Sequence[list[Any]]) -> list[Any]:
+        """Merge partials of disjoint tiles into one (inputs are not modified).
+
+        Slot by slot with builtins: this runs for every running value written.
+        """
+        if len(partials) == 1:
+            return list(partials[0])
+        if not partials:
+            return self.new_partial()
+        out: list[Any] = []
+        for i, kind in enumerate(self._kinds):
+            if kind == COUNT or kind == NUM or kind == SUM:
+                out.append(sum(p[i] for p in partials))
+                continue
+            present = [p[i] for p in partials if p[i] is not None]
+            if not present:
+                out.append(None)
+            elif kind == MIN:
+                out.append(min(present))
+            elif kind == HLL:
+                union = datasketches.hll_union(HLL_LG_K)
+                for sketch in present:
+                    union.update(sketch)
+                out.append(union.get_result())
+            else:  # MAX, LAST, LAST_STR: (event time, value) pairs compare as intended
+                out.append(max(present))
         return out
 
     def values(self, acc: list[Any], window: str) -> dict[str, Any]:
         """Feature values of one window from its merged partial."""
         out: dict[str, Any] = {}
         plain: dict[str, Any] = {}
-        for column, feat in self._window_columns[window]:
-            if feat.agg is Agg.RATIO:
+        for column, feat, finalize in self._finalizers[window]:
+            if finalize is None:  # ratio: needs its operands first
                 continue
-            value = self._finalize(feat, acc)
-            plain[feat.name] = value
-            out[column] = value
-        for column, feat in self._window_columns[window]:
-            if feat.agg is Agg.RATIO:
+            plain[feat.name] = out[column] = finalize(acc)
+        for column, feat, finalize in self._finalizers[window]:
+            if finalize is None:
                 num, den = plain.get(feat.numerator or ""), plain.get(feat.denominator or "")
                 out[column] = (num / den) if (num is not None and den) else None
-        return {column: out[column] for column, _ in self._window_columns[window]}
+        return {column: out[column] for column, _, _ in self._finalizers[window]}
 
-    def _finalize(self, feat: Feature, acc: list[Any]) -> Any:
+    def _finalizer(self, feat: Feature) -> Callable[[list[Any]], Any] | None:
         ms = _measures_for(feat)
-        first = acc[self._index[ms[0]]]
+        if not ms:
+            return None
+        i = self._index[ms[0]]
         match feat.agg:
             case Agg.COUNT | Agg.SUM | Agg.MIN | Agg.MAX:
-                return first
+                return lambda acc: acc[i]
             case Agg.MEAN:
-                n = acc[self._index[ms[1]]]
-                return first / n if n else None
+                j = self._index[ms[1]]
+                return lambda acc: acc[i] / acc[j] if acc[j] else None
             case Agg.LAST:
-                return first[1] if first is not None else None
+                return lambda acc: acc[i][1] if acc[i] is not None else None
             case Agg.DISTINCT:
-                return int(round(first.get_estimate())) if first is not None else 0
+                return lambda acc: int(round(acc[i].get_estimate())) if acc[i] is not None else 0
         raise ValueError(feat.agg)
 
     # -- snapshots (HLL sketches do not pickle) -----------------------------

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+import hiredis
 import redis
 
 from engine.features.shard import RunningValues
@@ -53,6 +54,36 @@ def decode_value(raw: bytes | str | None, value_type: str) -> Any:
     return text
 
 
+def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> None:
+    """Send many commands in one socket write and read every reply.
+
+    Same effect as a non-transactional redis-py pipeline at about half the client
+    cost (commands packed by hiredis, no per-command callbacks), which matters on
+    the write path of every feature update. Raises the first error reply, after
+    reading all replies so the connection stays in sync.
+    """
+    if not commands:
+        return
+    payload = b"".join(hiredis.pack_command(cmd) for cmd in commands)
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    first_error: redis.ResponseError | None = None
+    try:
+        conn.send_packed_command([payload])
+        for _ in commands:
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                first_error = first_error or exc
+    except BaseException:
+        conn.disconnect()  # unknown state: never hand a half-read connection back
+        raise
+    finally:
+        pool.release(conn)
+    if first_error is not None:
+        raise first_error
+
+
 def running_mapping(row: RunningValues, wall_ms: int) -> dict[str, str]:
     """The hash fields written for one entity's running values."""
     mapping = {name: encode_value(v) for name, v in row.values.items()}
@@ -84,17 +115,17 @@ class OnlineStore:
     def write_running(self, view: str, rows: Iterable[RunningValues], wall_ms: int | None = None) -> int:
         """Write running values in one pipelined round trip; returns the number of hashes."""
         wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
-        ttl = self.views[view].ttl_ms
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
+        ttl = str(self.views[view].ttl_ms)
+        commands: list[tuple[Any, ...]] = []
         for row in rows:
             key = entity_key(self.prefix, view, row.entity)
-            pipe.hset(key, mapping=running_mapping(row, wall_ms))
-            pipe.pexpire(key, ttl)
-            n += 1
-        if n:
-            pipe.execute()
-        return n
+            hset: list[str] = ["HSET", key]
+            for field, value in running_mapping(row, wall_ms).items():
+                hset += (field, value)
+            commands.append(tuple(hset))
+            commands.append(("PEXPIRE", key, ttl))
+        run_commands(self.client, commands)
+        return len(commands) // 2
 
     def get(
         self,

@@ -170,10 +170,10 @@ class ShardAggregator:
         self.max_event_ms = max_t
         self.late += len(late)
         self.watermark_ms(wall_now)
-        self._expire(wall_now)
+        self.expire(wall_now)
         return late
 
-    def _expire(self, wall_now: float) -> None:
+    def expire(self, wall_now: float) -> None:
         """Mark entities whose running windows lost a tile since the last call."""
         asof = self.asof_ms(wall_now)
         if asof is None:

@@ -72,3 +72,17 @@ def test_offline_log_is_hour_partitioned_and_deduplicated(tmp_path: Path) -> Non
     assert len(df) == 2
     assert df["created_ms"].tolist() == [2, 1] and df["clicks"].tolist() == [1, 2]
     assert len(read_offline(tmp_path, USER, dedupe=False)) == 3
+
+
+def test_run_commands_reports_errors_and_keeps_the_connection_usable(redis_client: redis.Redis) -> None:
+    import pytest
+
+    from engine.features.online import run_commands
+
+    redis_client.set("plain", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        run_commands(redis_client, [("HSET", "h1", "a", "1"), ("HSET", "plain", "a", "1"), ("HSET", "h2", "b", "2")])
+    # Every command ran; the replies after the error were read, so the connection is in sync.
+    assert redis_client.hget("h1", "a") == b"1" and redis_client.hget("h2", "b") == b"2"
+    run_commands(redis_client, [("SET", "k", "v")])
+    assert redis_client.get("k") == b"v"
