@@ -172,9 +172,19 @@ def _read_events(path: Path) -> list[bytes]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return [orjson.dumps(row) for row in pq.read_table(path).to_pylist()]
+        return [orjson.dumps(_drop_struct_nulls(row)) for row in pq.read_table(path).to_pylist()]
     with open(path, "rb") as fh:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
+
+
+def _drop_struct_nulls(row: dict[str, Any]) -> dict[str, Any]:
+    # A Parquet struct column has every key of every row; absent keys read back as null.
+    context = row.get("context")
+    if isinstance(context, dict):
+        row["context"] = {k: v for k, v in context.items() if v is not None}
+    elif isinstance(context, list):  # a map column reads back as (key, value) pairs
+        row["context"] = {k: v for k, v in context if v is not None}
+    return row
 
 
 class FileBatchSource(FixedPartitionedSource[RawBatch, int]):

@@ -185,3 +185,31 @@ def test_two_processes_with_json_and_protobuf_events_match_oracle(stack, unique_
     per_process = [_metrics(job.cfg.metrics.port + i) for i in range(2)]
     assert all(m["rtml_events_in_total"] > 0 for m in per_process)  # both processes did work
     assert sum(m["rtml_events_in_total"] for m in per_process) == len(events)
+
+
+def test_backfill_from_parquet_equals_backfill_from_jsonl(stack, tmp_path, redis_url) -> None:
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.config import load_config
+
+    events = make_events(21, 1500, users=30)
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    parquet = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist(events), parquet)
+    stores = {}
+    for name, path in (("j", jsonl), ("p", parquet)):
+        cfg = load_config(env={}, overrides={
+            "kafka": {"bootstrap": stack.bootstrap}, "redis": {"url": redis_url, "key_prefix": f"bf{name}{tmp_path.name}"},
+            "pipeline": {"offline_dir": str(tmp_path / f"off_{name}"), "shards_per_view": 4}})
+        metrics = run_backfill(cfg, VIEWS, [path])
+        stores[name] = (OnlineStore(redis.Redis.from_url(redis_url), VIEWS, cfg.redis.key_prefix), cfg)
+        assert metrics.events_invalid.labels(str(path), "out_of_range")._value.get() == 0
+    want = _oracles(events, stores["j"][1])
+    for v in VIEWS:
+        assert _strip(stores["p"][0].read_all(v.name)) == _strip(stores["j"][0].read_all(v.name))
+        assert _strip(stores["j"][0].read_all(v.name)) == _strip(want[v.name].running)
+        assert normalise_closed(read_offline(stores["p"][1].pipeline.offline_dir, v), v) == normalise_closed(
+            want[v.name].closed, v)
