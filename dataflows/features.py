@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
 
 from engine.config import RtmlConfig, load_config
 from engine.events.dlq import DeadLetter
@@ -26,7 +25,7 @@ from engine.metrics import PipelineMetrics
 from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
 from operators.route import route_events
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
-from operators.sources import KafkaBatchSource
+from operators.sources import FileBatchSource, KafkaBatchSource
 from operators.validate import validate_batch
 
 LATE = "late"
@@ -65,7 +64,7 @@ def _with_shard(keyed: tuple[str, ShardOutput]) -> ShardOutput:
 def build_features_flow(
     cfg: RtmlConfig,
     views: Sequence[FeatureView],
-    source: Source,
+    source: KafkaBatchSource | FileBatchSource,
     *,
     metrics: PipelineMetrics | None = None,
     dlq_topic: str | None = None,
@@ -78,7 +77,10 @@ def build_features_flow(
     p = cfg.pipeline
     programs = {v.name: ViewProgram(v) for v in views}
     program_list = list(programs.values())
-    settings = AggregateSettings(p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms)
+    settings = AggregateSettings(
+        p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms, p.source_idle_ms,
+        sources=tuple(source.source_ids()),
+    )
 
     flow = Dataflow("rtml_features")
     raw = op.input("events", flow, source)

@@ -61,6 +61,8 @@ class PipelineConfig(_Section):
     max_future_ms: int = Field(300_000, ge=0)
     # Advance the watermark with wall-clock time while a shard is idle (live mode).
     idle_advance: bool = True
+    # A source partition silent (or unheard of) this long stops holding the watermark back.
+    source_idle_ms: int = Field(10_000, ge=0)
     shards_per_view: int = Field(8, ge=1)
     # Coalesce running-feature writes to Redis at most this often per shard.
     flush_interval_ms: int = Field(50, ge=0)

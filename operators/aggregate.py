@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -35,6 +35,8 @@ class AggregateSettings:
     allowed_lateness_ms: int
     idle_advance: bool
     flush_interval_ms: int
+    source_idle_ms: int = 10_000
+    sources: tuple[Hashable, ...] = ()  # every input partition, as (topic, partition)
 
 
 # How often an idle shard wakes to let wall-clock time close windows (idle_advance only).
@@ -80,6 +82,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             out_of_orderness_ms=self.settings.out_of_orderness_ms,
             allowed_lateness_ms=self.settings.allowed_lateness_ms,
             idle_advance=self.settings.idle_advance,
+            source_idle_ms=self.settings.source_idle_ms,
+            sources=self.settings.sources,
+            wall_now=self.clock(),
         )
         return self._shard
 

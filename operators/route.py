@@ -30,6 +30,7 @@ def route_events(
     """Group one batch's events into ``(shard key, (view, rows))``; one item per touched shard."""
     grouped: dict[str, list[Row]] = {}
     for event, origin in events:
+        source = (origin[0], origin[1])  # topic, partition: each holds the watermark separately
         for program in programs:
             if not program.accepts(event.event_type):
                 continue
@@ -40,5 +41,5 @@ def route_events(
             rows = grouped.get(key)
             if rows is None:
                 rows = grouped[key] = []
-            rows.append((entity, event.event_time, program.inputs(event), origin))
+            rows.append((entity, event.event_time, program.inputs(event), source, origin))
     return [(key, (key.split("#", 1)[0], rows)) for key, rows in grouped.items()]

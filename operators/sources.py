@@ -123,6 +123,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self.metrics = metrics
         self.extra_config = extra_config or {}
 
+    def source_ids(self) -> list[tuple[str, int]]:
+        """(topic, partition) of every input partition: the sources a watermark waits for."""
+        return [(topic, int(idx)) for idx, topic in (part.split("-", 1) for part in self.list_parts())]
+
     def list_parts(self) -> list[str]:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         parts = []
@@ -196,6 +200,10 @@ class FileBatchSource(FixedPartitionedSource[RawBatch, int]):
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in self.paths]
+
+    def source_ids(self) -> list[tuple[str, int]]:
+        """(file, 0) per file, matching the origin of the events it yields."""
+        return [(str(p), 0) for p in self.paths]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
         return _FilePartition(Path(for_part), resume_state or 0, self.batch_size)

@@ -106,6 +106,8 @@ def oracle(
 ) -> OracleResult:
     """Features of ``view`` after ``events`` (in arrival order), idle advance off."""
     max_t: dict[str, int] = {}
+    wm_high: dict[str, int] = {}
+    source_max: dict[str, dict[Any, int]] = {}
     late: set[int] = set()
     rows = []
     shard_of: dict[str, str] = {}
@@ -118,12 +120,18 @@ def oracle(
         key = shard_key(view.name, entity, shards)
         shard_of[entity] = key
         t = ev["event_time"]
-        cur = max_t.get(key)
-        if cur is not None and t < cur - out_of_orderness_ms - allowed_lateness_ms:
+        per_source = source_max.setdefault(key, {})
+        # Watermark: slowest source's newest time - out_of_orderness, never moving back.
+        wm = wm_high.get(key)
+        if wm is not None and t < wm - allowed_lateness_ms:
             late.add(i)
             continue
-        max_t[key] = t if cur is None else max(cur, t)
-        rows.append({**ev, "entity": entity, "_i": i})
+        source = ev.get("_source", 0)
+        per_source[source] = max(per_source.get(source, t), t)
+        new_wm = min(per_source.values()) - out_of_orderness_ms
+        wm_high[key] = new_wm if wm is None else max(wm, new_wm)
+        max_t[key] = max(max_t.get(key, t), t)
+        rows.append({**{k: v for k, v in ev.items() if k != "_source"}, "entity": entity, "_i": i})
     df = pd.DataFrame(rows)
     running: dict[str, dict[str, Any]] = {}
     closed_parts = []
@@ -154,7 +162,7 @@ def oracle(
             part["window_end_ms"] = (part["event_time"] // S + 1 + j) * S
             exploded.append(part)
         ex = pd.concat(exploded)
-        limit = ex["entity"].map(lambda e: max_t[shard_of[e]] - out_of_orderness_ms - allowed_lateness_ms)
+        limit = ex["entity"].map(lambda e: wm_high[shard_of[e]] - allowed_lateness_ms)
         ex = ex[ex["window_end_ms"] <= (limit // S) * S]
         if not ex.empty:
             agg = _aggregate(view, ex, ["entity", "window_end_ms"])

@@ -8,9 +8,13 @@ per slide interval), and windows are answered by merging tiles.
 
 Semantics (documented in docs/features.md):
 
-* watermark = max event time seen by the shard - ``out_of_orderness_ms``
-  (+ wall-clock time since that event when ``idle_advance`` is on); it never
-  moves back, so nothing is accepted into a window that was already closed;
+* watermark = the smallest, over the source partitions feeding the shard, of the
+  newest event time seen from that partition, minus ``out_of_orderness_ms`` (+
+  wall-clock time since the newest event when ``idle_advance`` is on). A partition
+  read behind the others therefore does not make its events late. A partition that
+  has been silent (or, if expected, unheard of) for ``source_idle_ms`` of wall time
+  stops holding the watermark back. It never moves back, so nothing enters a
+  window that was already closed;
 * an event is *late* when its time is before ``watermark - allowed_lateness_ms``;
   late events are returned to the caller (dead-letter queue), never aggregated;
 * a window ``[end - size, end)`` is *closed* (final, logged offline) once
@@ -25,7 +29,7 @@ Semantics (documented in docs/features.md):
 ...     "windows": {"10s": "10s"}, "features": [{"name": "n", "agg": "count"}]})
 >>> shard = ShardAggregator(ViewProgram(view), out_of_orderness_ms=0, allowed_lateness_ms=0,
 ...     idle_advance=False)
->>> rows = [("a", 1_000, (1,), None), ("a", 12_000, (1,), None), ("b", 5_000, (1,), "late!")]
+>>> rows = [("a", 1_000, (1,), "p0", None), ("a", 12_000, (1,), "p0", None), ("b", 5_000, (1,), "p0", "late!")]
 >>> shard.ingest(rows, wall_now=0.0)
 ['late!']
 >>> [(r.entity, r.values) for r in shard.running(shard.take_dirty())]
@@ -42,8 +46,8 @@ from typing import Any, Hashable, Iterable, Sequence
 from engine.features.aggregates import ViewProgram
 from engine.features.spec import Window
 
-# (entity, event_time_ms, per-measure inputs, reference returned if late)
-Row = tuple[str, int, tuple[Any, ...], Hashable]
+# (entity, event_time_ms, per-measure inputs, source partition, reference returned if late)
+Row = tuple[str, int, tuple[Any, ...], Hashable, Hashable]
 
 
 @dataclass(slots=True)
@@ -80,8 +84,14 @@ class ShardAggregator:
         out_of_orderness_ms: int,
         allowed_lateness_ms: int,
         idle_advance: bool,
+        source_idle_ms: int = 10_000,
+        sources: Iterable[Hashable] = (),
+        wall_now: float = 0.0,
     ) -> None:
         self.program = program
+        self.source_idle_ms = source_idle_ms
+        # Expected sources hold the watermark back until heard from (or idle).
+        self._expected = tuple(sources)
         self.out_of_orderness_ms = out_of_orderness_ms
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_advance = idle_advance
@@ -96,6 +106,8 @@ class ShardAggregator:
         self._wm_high: int | None = None
         self._asof_high: int | None = None
         self._touched: set[str] = set()
+        self._source_max: dict[Hashable, int] = {}
+        self._source_seen: dict[Hashable, float] = {s: wall_now for s in self._expected}
         self._wall_at_max = 0.0
         self._last_event: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -108,11 +120,28 @@ class ShardAggregator:
             return 0
         return max(0, int((wall_now - self._wall_at_max) * 1000))
 
+    def _slowest_source_ms(self, wall_now: float) -> int | None:
+        """Newest event time of the active source furthest behind (None: one is unheard of)."""
+        horizon = wall_now - self.source_idle_ms / 1000
+        slowest: int | None = None
+        for source, seen_at in self._source_seen.items():
+            if seen_at < horizon:
+                continue  # silent for too long: it must not stall everyone else
+            t = self._source_max.get(source)
+            if t is None:
+                return None  # expected, not heard from yet
+            if slowest is None or t < slowest:
+                slowest = t
+        if slowest is None:  # every source idle: the newest time is the best guess
+            return max(self._source_max.values()) if self._source_max else None
+        return slowest
+
     def watermark_ms(self, wall_now: float) -> int | None:
         """Event time before which the shard expects no more (on-time) events; monotone."""
-        if self.max_event_ms is None:
-            return None
-        raw = self.max_event_ms - self.out_of_orderness_ms + self._idle_ms(wall_now)
+        slowest = self._slowest_source_ms(wall_now)
+        if slowest is None:
+            return self._wm_high
+        raw = slowest - self.out_of_orderness_ms + self._idle_ms(wall_now)
         if self._wm_high is None or raw > self._wm_high:
             self._wm_high = raw
         return self._wm_high
@@ -136,17 +165,28 @@ class ShardAggregator:
         dirty = self._dirty
         touched = self._touched
         max_t = self.max_event_ms
+        source_max = self._source_max
+        source_seen = self._source_seen
         wm = self.watermark_ms(wall_now)
         high = wm if wm is not None else -(2**62)
         threshold = None if wm is None else wm - self.allowed_lateness_ms
-        for entity, t, inputs, ref in rows:
+        slowest = None if wm is None else self._slowest_source_ms(wall_now)
+        for entity, t, inputs, source, ref in rows:
             if threshold is not None and t < threshold:
                 late.append(ref)
                 continue
-            if max_t is None or t > max_t:
-                max_t = t
-                self._wall_at_max = wall_now
-                threshold = max(high, max_t - self.out_of_orderness_ms) - self.allowed_lateness_ms
+            source_seen[source] = wall_now
+            cur = source_max.get(source)
+            if cur is None or t > cur:
+                source_max[source] = t
+                if max_t is None or t > max_t:
+                    max_t = t
+                    self._wall_at_max = wall_now
+                    self.max_event_ms = max_t
+                if cur is None or cur == slowest:  # only then can the slowest source move
+                    slowest = self._slowest_source_ms(wall_now)
+                    if slowest is not None:
+                        threshold = max(high, slowest - self.out_of_orderness_ms) - self.allowed_lateness_ms
             for g in groups:
                 k = t // g.slide_ms
                 ent_tiles = g.tiles.get(entity)
@@ -294,6 +334,7 @@ class ShardAggregator:
         enc = self.program.encode_partial
         return {
             "max_event_ms": self.max_event_ms,
+            "source_max": dict(self._source_max),
             "wm_high": self._wm_high,
             "asof_high": self._asof_high,
             "touched": sorted(self._touched),
@@ -315,6 +356,8 @@ class ShardAggregator:
         """Load a :meth:`snapshot` (the spec must be unchanged)."""
         dec = self.program.decode_partial
         self.max_event_ms = state["max_event_ms"]
+        self._source_max = dict(state["source_max"])
+        self._source_seen = {s: wall_now for s in (*self._expected, *self._source_max)}
         self._wm_high = state["wm_high"]
         self._asof_high = state["asof_high"]
         self._touched = set(state["touched"])

@@ -27,7 +27,7 @@ def _run(view, events, batch=97):
                 continue
             entity = program.entity_key(ev)
             per_shard.setdefault(shard_key(view.name, entity, SHARDS), []).append(
-                (entity, ev["event_time"], program.inputs(ev), i))
+                (entity, ev["event_time"], program.inputs(ev), "p0", i))
         for key, rows in per_shard.items():
             shard = shards.setdefault(key, ShardAggregator(program, out_of_orderness_ms=OOO,
                                                            allowed_lateness_ms=LATENESS, idle_advance=False))
@@ -64,7 +64,7 @@ def test_snapshot_restore_continues_identically() -> None:
     events = make_events(7, 1000, users=5)
 
     def feed(shard, evs):
-        return shard.ingest([(program.entity_key(e), e["event_time"], program.inputs(e), i)
+        return shard.ingest([(program.entity_key(e), e["event_time"], program.inputs(e), "p0", i)
                              for i, e in enumerate(evs)], 0.0)
 
     def fresh():
@@ -88,12 +88,41 @@ def test_watermark_never_moves_back_after_idle_advance() -> None:
                                   "features": [{"name": "n", "agg": "count"}]})
     program = ViewProgram(view)
     shard = ShardAggregator(program, out_of_orderness_ms=0, allowed_lateness_ms=0, idle_advance=True)
-    assert shard.ingest([("a", 1_000, (1,), "e1")], wall_now=100.0) == []
+    assert shard.ingest([("a", 1_000, (1,), "p0", "e1")], wall_now=100.0) == []
     # 40 s of silence: the watermark advances with the wall clock and closes windows.
     closed = shard.close_windows(wall_now=140.0)
     assert [(r["window_end_ms"], r["n"]) for r in closed] == [(2_000, 1)]
     wm = shard.watermark_ms(140.0)
     assert wm >= 40_000
     # An event behind that watermark is late, even though it is newer than the last event.
-    assert shard.ingest([("a", 31_600, (1,), "e2")], wall_now=140.0) == ["e2"]
+    assert shard.ingest([("a", 31_600, (1,), "p0", "e2")], wall_now=140.0) == ["e2"]
     assert shard.watermark_ms(140.0) >= wm
+
+
+def test_watermark_waits_for_the_slowest_partition() -> None:
+    from engine.features.spec import FeatureView
+
+    view = FeatureView.from_dict({"name": "v", "entity": "user_id", "windows": {"1s": "1s"},
+                                  "features": [{"name": "n", "agg": "count"}]})
+    shard = ShardAggregator(ViewProgram(view), out_of_orderness_ms=0, allowed_lateness_ms=0, idle_advance=False,
+                            sources=("p0", "p1"))
+    # Partition p1 was read far ahead; p0's older events are not late while p0 lags behind.
+    assert shard.ingest([("a", 100_000, (1,), "p1", "x"), ("b", 5_000, (1,), "p0", "y"),
+                         ("c", 6_000, (1,), "p0", "z")], wall_now=0.0) == []
+    assert shard.watermark_ms(0.0) == 6_000
+    assert shard.ingest([("d", 5_500, (1,), "p1", "late")], wall_now=0.0) == ["late"]
+    # Windows close only as far as the slowest partition has come.
+    assert {r["window_end_ms"] for r in shard.close_windows(0.0)} == {6_000}
+
+
+def test_a_silent_partition_stops_holding_the_watermark_back() -> None:
+    from engine.features.spec import FeatureView
+
+    view = FeatureView.from_dict({"name": "v", "entity": "user_id", "windows": {"1s": "1s"},
+                                  "features": [{"name": "n", "agg": "count"}]})
+    shard = ShardAggregator(ViewProgram(view), out_of_orderness_ms=0, allowed_lateness_ms=0, idle_advance=False,
+                            source_idle_ms=10_000, sources=("p0", "p1"))
+    shard.ingest([("a", 50_000, (1,), "p1", "x")], wall_now=0.0)
+    assert shard.watermark_ms(5.0) is None  # p0 expected and not heard from yet
+    assert shard.watermark_ms(11.0) is None or shard.watermark_ms(11.0) == 50_000
+    assert shard.watermark_ms(11.0) == 50_000  # 11 s without a word from p0: ignored
