@@ -146,6 +146,9 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "enable.partition.eof": "false",
             "fetch.wait.max.ms": str(self.fetch_wait_max_ms),
             "queued.max.messages.kbytes": "65536",
+            # librdkafka pauses fetching for 1 s (default) whenever its local queue is full,
+            # which caps a catch-up read near 170k msgs/s; 10 ms keeps the queue topped up.
+            "fetch.queue.backoff.ms": "10",
         }
         config.update(self.extra_config)
         offset = self.starting_offset if resume_state is None else resume_state

@@ -7,8 +7,10 @@ values as text (never increments, so replayed writes are idempotent), plus:
 * ``_asof`` event time the running windows were computed as of (ms);
 * ``_w``    wall-clock time of the write (ms).
 
-The key expires ``ttl`` after its last write, and readers also treat a hash whose
-``_t`` is older than the TTL as missing (Redis 7.0 has no per-field expiry).
+The key's expiry (the view's TTL) is refreshed at least every ttl/8 while the
+entity is written, so an idle key disappears between 7/8 ttl and ttl after its
+last write; readers also treat a hash whose ``_t`` is older than the TTL as
+missing (Redis 7.0 has no per-field expiry).
 """
 
 from __future__ import annotations
@@ -84,15 +86,6 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> No
         raise first_error
 
 
-def running_mapping(row: RunningValues, wall_ms: int) -> dict[str, str]:
-    """The hash fields written for one entity's running values."""
-    mapping = {name: encode_value(v) for name, v in row.values.items()}
-    mapping["_t"] = str(row.last_event_ms)
-    mapping["_asof"] = str(row.asof_ms)
-    mapping["_w"] = str(wall_ms)
-    return mapping
-
-
 @dataclass(slots=True)
 class OnlineRow:
     """Features of one entity as read: values (None when missing/expired) and age."""
@@ -111,21 +104,33 @@ class OnlineStore:
         self.prefix = prefix
         self.views = {v.name: v for v in views}
         self._types = {v.name: v.column_types() for v in views}
+        # key -> wall ms of its last PEXPIRE: the TTL is refreshed every ttl/8, not on every write.
+        self._expiry_set: dict[str, int] = {}
 
     def write_running(self, view: str, rows: Iterable[RunningValues], wall_ms: int | None = None) -> int:
         """Write running values in one pipelined round trip; returns the number of hashes."""
         wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
-        ttl = str(self.views[view].ttl_ms)
+        ttl_ms = self.views[view].ttl_ms
+        refresh_before = wall_ms - ttl_ms // 8
+        expiry_set = self._expiry_set
+        prefix = f"{self.prefix}:{view}:"
         commands: list[tuple[Any, ...]] = []
+        n = 0
         for row in rows:
-            key = entity_key(self.prefix, view, row.entity)
-            hset: list[str] = ["HSET", key]
-            for field, value in running_mapping(row, wall_ms).items():
-                hset += (field, value)
+            key = prefix + row.entity
+            # hiredis formats ints and floats exactly like encode_value (shortest round-trip repr).
+            hset: list[Any] = ["HSET", key]
+            for field, value in row.values.items():
+                hset.append(field)
+                hset.append("" if value is None else value)
+            hset += ("_t", row.last_event_ms, "_asof", row.asof_ms, "_w", wall_ms)
             commands.append(tuple(hset))
-            commands.append(("PEXPIRE", key, ttl))
+            if expiry_set.get(key, -1) < refresh_before:
+                commands.append(("PEXPIRE", key, ttl_ms))
+                expiry_set[key] = wall_ms
+            n += 1
         run_commands(self.client, commands)
-        return len(commands) // 2
+        return n
 
     def get(
         self,
