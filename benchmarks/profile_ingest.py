@@ -3,6 +3,7 @@
     .venv/bin/pip install py-spy       # not a project dependency
     python -m benchmarks.profile_ingest --events 300000 [--processes 1] [--native]
     python -m benchmarks.profile_ingest --live 10000 --seconds 15      # live load instead
+    python -m benchmarks.profile_ingest --gc [--gc-threshold 50000,50,100]   # GC time, no py-spy
 
 Sets up like :mod:`benchmarks.ingest` (embedded stack, generated events on a fresh topic),
 starts the job, attaches ``py-spy record --format raw`` to process 0 until every event is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import shutil
 import signal
@@ -97,9 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", type=float, default=0.0, metavar="RATE",
                         help="profile a live run instead: produce RATE events/s (event_time = now) for --seconds")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of a --live profile")
+    parser.add_argument("--gc", action="store_true",
+                        help="instead of py-spy, measure the time the dataflow spends in garbage collection")
+    parser.add_argument("--gc-threshold", default=None, metavar="G0,G1,G2",
+                        help="with --gc: run the dataflow with this gc.set_threshold")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
+    if not args.gc and not Path(py_spy).exists():
         parser.error("py-spy not found: .venv/bin/pip install py-spy")
     tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-profile-"))
     stack = LocalStack(load_config(env={}, overrides={"kafka": {"bootstrap": None}, "redis": {"url": None}}))
@@ -120,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"p{uuid.uuid4().hex[:8]}"
         cfg = job_config(scfg, topic=topic, spec_path=spec, workdir=tmp, processes=args.processes,
                          recovery=False, prefix=prefix, idle_advance=bool(args.live))
-        job = Job(cfg, tmp / "logs", "profile").start()
+        gc_out = tmp / "gc.json"
+
+        def gc_wrap(argv: list[str]) -> list[str]:
+            rest = argv[argv.index("bytewax.run") + 1:]
+            threshold = ["--threshold", args.gc_threshold] if args.gc_threshold else []
+            return [sys.executable, "-m", "benchmarks._gcwrap", str(gc_out), *threshold, *rest]
+
+        job = Job(cfg, tmp / "logs", "profile", wrap_argv=gc_wrap if args.gc else None).start()
         load = None
         if args.live:
             load = _LiveLoad(stack.bootstrap, topic, args.live, ["probe-0"], 1.0)
@@ -136,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                "--rate", str(args.rate)]
         if args.native:
             cmd.append("--native")
-        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not args.gc:
+            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         t0 = time.perf_counter()
         if load is not None:
             cpu0 = job.cpu_seconds()
@@ -149,9 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             assert ev is not None
             client = redis.Redis.from_url(scfg.redis.url or "")
-            wait_until_done(job, client, prefix, ev.final_times, args.events, t0 + 600)
+            t_first, _t_folded, t_done, _last, _tl = wait_until_done(
+                job, client, prefix, ev.final_times, args.events, t0 + 600)
             client.close()
+            log(f"catch-up: {args.events / (t_done - t_first):.0f} events/s ({t_done - t_first:.1f}s)")
+        if args.gc:
+            time.sleep(0.7)  # the wrapper writes its numbers every 0.5 s
+            stats = json.loads(gc_out.read_text())
+            print(f"garbage collection in the dataflow process (threshold {stats['threshold']}):")
+            for g in range(3):
+                print(f"  gen {g}: {stats['collections'][g]} collections, {stats['seconds'][g]:.2f}s")
+            print(f"  total {sum(stats['seconds']):.2f}s")
+            return 0
         log(f"done in {time.perf_counter() - t0:.1f}s; stopping py-spy")
+        assert spy is not None
         spy.send_signal(signal.SIGINT)
         try:
             _out, err = spy.communicate(timeout=60)

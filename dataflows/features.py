@@ -24,7 +24,7 @@ from engine.features.aggregates import ViewProgram
 from engine.features.spec import FeatureView, default_views_path, load_views
 from engine.metrics import PipelineMetrics
 from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
-from operators.route import route_events
+from operators.route import Router
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
 from operators.sources import FileBatchSource, KafkaBatchSource
 from operators.validate import validate_batch
@@ -90,7 +90,7 @@ def build_features_flow(
         raise ValueError("build_features_flow needs kafka.bootstrap and redis.url (start a LocalStack first)")
     p = cfg.pipeline
     programs = {v.name: ViewProgram(v) for v in views}
-    program_list = list(programs.values())
+    router = Router(list(programs.values()), p.shards_per_view)
     settings = AggregateSettings(
         p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms, p.source_idle_ms,
         sources=tuple(source.source_ids()),
@@ -100,7 +100,7 @@ def build_features_flow(
     raw = op.input("events", flow, source)
     checked = op.map("validate", raw, lambda b: validate_batch(b, max_future_ms=p.max_future_ms, metrics=metrics))
     invalid = op.flat_map("invalid", checked, lambda v: v.dead)
-    routed = op.flat_map("route", checked, lambda v: route_events(v.events, program_list, p.shards_per_view))
+    routed = op.flat_map("route", checked, lambda v: router.route(v.events))
     keyed = op.stateful_batch(
         "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock)
     )

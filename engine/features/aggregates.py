@@ -117,6 +117,15 @@ class ViewProgram:
         self._finalizers = {
             w: [(col, feat, self._finalizer(feat)) for col, feat in cols] for w, cols in self._window_columns.items()
         }
+        # Per window: (position of a ratio, position of its numerator, of its denominator).
+        self._ratios = {}
+        for w, cols in self._window_columns.items():
+            pos = {feat.name: i for i, (_, feat) in enumerate(cols)}
+            self._ratios[w] = [
+                (i, pos[feat.numerator or ""], pos[feat.denominator or ""])
+                for i, (_, feat) in enumerate(cols)
+                if feat.agg is Agg.RATIO
+            ]
 
     # -- events -> inputs -------------------------------------------------
     @staticmethod
@@ -238,19 +247,21 @@ class ViewProgram:
                 out.append(max(present))
         return out
 
+    def columns(self, window: str) -> list[str]:
+        """Column names of one window, in the order of :meth:`window_values`."""
+        return [column for column, _ in self._window_columns[window]]
+
     def values(self, acc: list[Any], window: str) -> dict[str, Any]:
         """Feature values of one window from its merged partial."""
-        out: dict[str, Any] = {}
-        plain: dict[str, Any] = {}
-        for column, feat, finalize in self._finalizers[window]:
-            if finalize is None:  # ratio: needs its operands first
-                continue
-            plain[feat.name] = out[column] = finalize(acc)
-        for column, feat, finalize in self._finalizers[window]:
-            if finalize is None:
-                num, den = plain.get(feat.numerator or ""), plain.get(feat.denominator or "")
-                out[column] = (num / den) if (num is not None and den) else None
-        return {column: out[column] for column, _, _ in self._finalizers[window]}
+        return dict(zip(self.columns(window), self.window_values(acc, window)))
+
+    def window_values(self, acc: list[Any], window: str) -> list[Any]:
+        """Feature values of one window, as a list in :meth:`columns` order (hot path)."""
+        out = [None if finalize is None else finalize(acc) for _, _, finalize in self._finalizers[window]]
+        for pos, num_pos, den_pos in self._ratios[window]:
+            num, den = out[num_pos], out[den_pos]
+            out[pos] = (num / den) if (num is not None and den) else None
+        return out
 
     def _finalizer(self, feat: Feature) -> Callable[[list[Any]], Any] | None:
         ms = _measures_for(feat)

@@ -120,9 +120,8 @@ class OnlineStore:
             key = prefix + row.entity
             # hiredis formats ints and floats exactly like encode_value (shortest round-trip repr).
             hset: list[Any] = ["HSET", key]
-            for field, value in row.values.items():
-                hset.append(field)
-                hset.append("" if value is None else value)
+            for field, value in zip(row.columns, row.values):
+                hset += (field, "" if value is None else value)
             hset += ("_t", row.last_event_ms, "_asof", row.asof_ms, "_w", wall_ms)
             commands.append(tuple(hset))
             if expiry_set.get(key, -1) < refresh_before:

@@ -32,7 +32,7 @@ Semantics (documented in docs/features.md):
 >>> rows = [("a", 1_000, (1,), "p0", None), ("a", 12_000, (1,), "p0", None), ("b", 5_000, (1,), "p0", "late!")]
 >>> shard.ingest(rows, wall_now=0.0)
 ['late!']
->>> [(r.entity, r.values) for r in shard.running(shard.take_dirty())]
+>>> [(r.entity, r.as_dict()) for r in shard.running(shard.take_dirty())]
 [('a', {'n_10s': 1})]
 >>> [(r["entity"], r["window_end_ms"], r["n"]) for r in shard.close_windows(wall_now=0.0)]
 [('a', 10000, 1)]
@@ -52,13 +52,20 @@ Row = tuple[str, int, tuple[Any, ...], Hashable, Hashable]
 
 @dataclass(slots=True)
 class RunningValues:
-    """Current values of one entity's features, as of ``asof_ms``."""
+    """Current values of one entity's features, as of ``asof_ms``.
+
+    ``values`` line up with ``columns`` (shared by every row of a shard: no dict per row).
+    """
 
     entity: str
-    values: dict[str, Any]
+    columns: Sequence[str]
+    values: list[Any]
     last_event_ms: int
     asof_ms: int
     has_new_events: bool = True  # False when only the window slid (for freshness metrics)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.columns, self.values))
 
 
 @dataclass(slots=True)
@@ -101,6 +108,7 @@ class ShardAggregator:
         self._groups = [
             _SlideGroup(slide, ws, max(w.tiles for w in ws)) for slide, ws in sorted(by_slide.items())
         ]
+        self.columns = tuple(c for g in self._groups for w in g.windows for c in program.columns(w.name))
         self.max_event_ms: int | None = None
         # Watermark and asof never move back, even when idle advance overshot the next event.
         self._wm_high: int | None = None
@@ -248,20 +256,22 @@ class ShardAggregator:
         if asof is None:
             return []
         program = self.program
+        columns = self.columns
+        plan = [(g, asof // g.slide_ms, [(w.name, asof // g.slide_ms - w.tiles + 1) for w in g.windows])
+                for g in self._groups]
         out = []
+        empty: dict[int, list[Any]] = {}
         for entity in entities:
-            values: dict[str, Any] = {}
-            for g in self._groups:
-                k_now = asof // g.slide_ms
-                ent_tiles = g.tiles.get(entity, {})
-                for w in g.windows:
-                    lo = k_now - w.tiles + 1
+            values: list[Any] = []
+            for g, k_now, windows in plan:
+                ent_tiles = g.tiles.get(entity, empty)
+                for name, lo in windows:
                     parts = [acc for k, acc in ent_tiles.items() if lo <= k <= k_now]
-                    values.update(program.values(program.merge(parts), w.name))
+                    values += program.window_values(program.merge(parts), name)
             last = self._last_event.get(entity)
             if last is None:
                 continue
-            out.append(RunningValues(entity, values, last, asof, entity in self._touched))
+            out.append(RunningValues(entity, columns, values, last, asof, entity in self._touched))
             self._touched.discard(entity)
             if all(entity not in g.tiles for g in self._groups):
                 del self._last_event[entity]  # everything expired; this write zeroed it

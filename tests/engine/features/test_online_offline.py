@@ -27,7 +27,8 @@ def test_write_read_layout_and_ttl_at_read(redis_client: redis.Redis) -> None:
     t = 1_767_225_600_000
     values = {name: None for name in USER.feature_names()}
     values.update({"clicks_1h": 3, "ctr_1h": 0.25, "last_item_5m": "i4"})
-    store.write_running("user", [RunningValues("u1", values, t, t + 10)], wall_ms=t + 50)
+    store.write_running("user", [RunningValues("u1", list(values), list(values.values()), t, t + 10)],
+                        wall_ms=t + 50)
 
     raw = redis_client.hgetall(entity_key("p", "user", "u1"))
     assert raw[b"clicks_1h"] == b"3" and raw[b"ctr_1h"] == b"0.25" and raw[b"dwell_mean_1h"] == b""

@@ -33,7 +33,7 @@ def _run(view, events, batch=97):
                                                            allowed_lateness_ms=LATENESS, idle_advance=False))
             late.update(shard.ingest(rows, wall_now=0.0))
             for r in shard.running(shard.take_dirty()):
-                running[r.entity] = {**r.values, "_t": r.last_event_ms, "_asof": r.asof_ms}
+                running[r.entity] = {**r.as_dict(), "_t": r.last_event_ms, "_asof": r.asof_ms}
             closed.extend(shard.close_windows(wall_now=0.0))
     return late, running, closed
 
@@ -77,7 +77,7 @@ def test_snapshot_restore_continues_identically() -> None:
     feed(a, events[500:])
     feed(b, events[500:])
     ents = sorted({program.entity_key(e) for e in events})
-    assert [r.values for r in a.running(ents)] == [r.values for r in b.running(ents)]
+    assert [r.as_dict() for r in a.running(ents)] == [r.as_dict() for r in b.running(ents)]
     assert a.close_windows(0.0) == b.close_windows(0.0)
 
 
