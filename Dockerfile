@@ -25,7 +25,6 @@ RUN pip install -r /tmp/requirements.txt
 # Then the project itself (README.md is optional metadata).
 COPY . .
 RUN pip install --no-deps . \
-    && install -m 0755 deploy/run-features.sh /usr/local/bin/rtml-features \
     && useradd --create-home --uid 10001 rtml \
     && mkdir -p /data \
     && chown rtml:rtml /data
@@ -38,4 +37,4 @@ ENV RTML_PIPELINE_OFFLINE_DIR=/data/offline \
     RTML_METRICS_PORT=9400
 EXPOSE 9400
 
-CMD ["rtml-features"]
+CMD ["rtml", "dataflow"]

@@ -101,6 +101,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataflow(args: argparse.Namespace) -> int:
+    """Run one process of the features dataflow in the foreground (containers, manual scale-out)."""
+    import os
+
+    from engine.runtime.jobs import dataflow_specs
+
+    cfg = _config(args)
+    if not cfg.kafka.bootstrap or not cfg.redis.url:
+        print("rtml dataflow needs RTML_KAFKA_BOOTSTRAP and RTML_REDIS_URL (`rtml up` starts everything)",
+              file=sys.stderr)
+        return 2
+    if cfg.pipeline.processes != 1:
+        # Processes of one job find each other on fixed addresses, which only `rtml up` sets up.
+        print("rtml dataflow runs one process; use `rtml up --processes N` for a multi-process job",
+              file=sys.stderr)
+        return 2
+    [spec] = dataflow_specs(cfg)
+    os.execvpe(spec.argv[0], spec.argv, {**os.environ, **(spec.env or {})})
+    return 0  # not reached
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from engine.events.producer import Topics, produce
     from engine.events.simulator import Simulator, SimulatorConfig
@@ -173,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--processes", type=int, help="features dataflow processes (pipeline.processes)")
     up.add_argument("--no-recovery", action="store_true", help="run without Bytewax recovery")
     up.set_defaults(fn=cmd_up)
+
+    flow = sub.add_parser("dataflow", help="run the features dataflow (one process, recovery as configured) "
+                                           "in the foreground, without a supervisor: for containers")
+    flow.set_defaults(fn=cmd_dataflow)
 
     prod = sub.add_parser("produce", help="simulate users and items and produce events to Kafka")
     prod.add_argument("--rate", type=float, default=1000.0, help="impressions per second (events ~2x)")
