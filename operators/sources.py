@@ -79,8 +79,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if self._metrics is not None and now >= self._next_lag_check:
             self._next_lag_check = now + 1.0
             try:
+                # cached=True reads the high watermark from the last fetch response: no
+                # broker round trip on the dataflow thread (that stalled batches by ms).
                 _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, self._partition), timeout=0.5, cached=False
+                    TopicPartition(self._topic, self._partition), cached=True
                 )
                 self._metrics.input_lag.labels(*self._labels).set(max(0, high - self._offset))
             except Exception:  # noqa: BLE001 - lag is best effort; never stop the source
