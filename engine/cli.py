@@ -1,7 +1,8 @@
 """The ``rtml`` command line.
 
 Subcommands: ``up`` (stack + supervised dataflows), ``stack`` (embedded Kafka and
-Redis only), ``produce`` (simulator -> Kafka), ``backfill`` (files -> features),
+Redis only), ``dataflow`` (one dataflow process, for containers), ``serve`` (gRPC
+model serving), ``produce`` (simulator -> Kafka), ``backfill`` (files -> features),
 ``features`` (read online features), ``demo`` (the one-minute tour), ``config``
 (print the effective configuration).
 """
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "in the foreground, without a supervisor: for containers")
     flow.set_defaults(fn=cmd_dataflow)
 
+    # `rtml serve ...` is dispatched to serving.server before parsing; listed here for --help.
+    sub.add_parser("serve", help="serve ONNX models over gRPC (KServe v2 + rtml.v1); see `rtml serve -h`")
+
     prod = sub.add_parser("produce", help="simulate users and items and produce events to Kafka")
     prod.add_argument("--rate", type=float, default=1000.0, help="impressions per second (events ~2x)")
     prod.add_argument("--duration", type=float, default=None, help="seconds of event time (default: forever)")
@@ -230,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the server owns its flags (-h included)
+        from serving.server import serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
