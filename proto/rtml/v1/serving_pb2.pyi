@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class Vector(_message.Message):
+class FloatVector(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
@@ -33,15 +33,15 @@ class Instance(_message.Message):
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: Vector
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+        value: FloatVector
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FloatVector, _Mapping]] = ...) -> None: ...
     ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     entity_ids: _containers.ScalarMap[str, str]
     features: _containers.ScalarMap[str, float]
-    tensors: _containers.MessageMap[str, Vector]
-    def __init__(self, entity_ids: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Mapping[str, Vector]] = ...) -> None: ...
+    tensors: _containers.MessageMap[str, FloatVector]
+    def __init__(self, entity_ids: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Mapping[str, FloatVector]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model", "version", "instances", "request_id", "outputs")
@@ -64,13 +64,13 @@ class InstanceResult(_message.Message):
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: Vector
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+        value: FloatVector
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FloatVector, _Mapping]] = ...) -> None: ...
     SCORES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
-    outputs: _containers.MessageMap[str, Vector]
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Mapping[str, Vector]] = ...) -> None: ...
+    outputs: _containers.MessageMap[str, FloatVector]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Mapping[str, FloatVector]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("request_id", "model", "model_version", "variant", "results", "feature_age_ms")

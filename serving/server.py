@@ -1,0 +1,568 @@
+"""The ``rtml serve`` process: one grpc.aio port with every service, plus Prometheus /metrics.
+
+Services on the gRPC port:
+
+* ``inference.GRPCInferenceService`` -- KServe v2 / Open Inference Protocol (tritonclient works
+  unchanged); Triton-only methods answer UNIMPLEMENTED with a message listing what is served;
+* ``rtml.v1.Prediction`` -- rtml's Predict (raw features for now);
+* ``grpc.health.v1.Health`` -- SERVING while every loaded model version is ready;
+* ``grpc.reflection.v1alpha.ServerReflection`` -- lists the services above (grpcurl works).
+
+Every KServe and Predict call goes through :func:`_instrument`, which counts it in
+``rtml_grpc_requests_total{method,code}``, times it in
+``rtml_grpc_request_duration_seconds{method}``, answers :class:`~serving.errors.ServingError`
+subclasses with their own status code and message, and answers anything else with INTERNAL
+and a short message (the traceback goes to the log, never to the client). The server keeps
+serving whatever a request does. Oversize messages are refused by grpc itself with
+RESOURCE_EXHAUSTED before any handler runs.
+
+Run: ``rtml serve --models DIR --grpc-port P --metrics-port M`` or
+``python -m serving.server --models DIR ...`` (same arguments, see :func:`serve_main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import start_http_server
+
+from proto.inference import open_inference_grpc_pb2 as kserve_pb
+from proto.rtml.v1 import serving_pb2 as rtml_pb
+from serving.errors import InvalidInput, ServingError
+from serving.kserve import (
+    SERVICE_NAME as KSERVE_SERVICE,
+    KServeServicer,
+    UnimplementedKServeHandler,
+    deadline_from,
+    server_ready,
+)
+from serving.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SERVICE = "rtml.v1.Prediction"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Request latencies from ~100 µs (metadata calls) to seconds (an overloaded queue).
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_HEALTH_REFRESH_S = 0.5
+
+
+# -- metrics and error mapping -----------------------------------------------------------------
+
+
+class GrpcMetrics:
+    """Per-method request counters and latency histograms, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "rtml_grpc_requests",
+            "gRPC requests handled, by RPC method name and final status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "rtml_grpc_request_duration_seconds",
+            "Time from handler entry to reply, by RPC method name (status of any kind).",
+            ["method"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _instrument(method: str, fn: Handler, metrics: GrpcMetrics) -> Handler:
+    """Wrap a unary handler with metrics and the ServingError -> status mapping."""
+    observe = metrics.duration.labels(method).observe
+    ok = metrics.requests.labels(method, "OK").inc
+    # Label children for error codes are looked up lazily: errors are the slow path.
+    count = metrics.requests.labels
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await fn(request, context)
+        except ServingError as exc:
+            code = exc.code.name
+            await context.abort(exc.code, str(exc))
+        except grpc.aio.AbortError:
+            # The handler aborted by itself; the status is already set on the context.
+            code_obj = context.code() if hasattr(context, "code") else None
+            code = code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except asyncio.CancelledError:
+            # Client went away or its deadline passed: grpc already ended the RPC.
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = "INTERNAL"
+            log.exception("%s failed with an unexpected error", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+        finally:
+            observe(time.perf_counter() - start)
+            if code == "OK":
+                ok()
+            else:
+                count(method, code).inc()
+
+    return handler
+
+
+def _service_handler(
+    methods: dict[str, tuple[Handler, Any, Any]], metrics: GrpcMetrics
+) -> dict[str, grpc.RpcMethodHandler]:
+    """Unary method handlers ``{rpc: handler}`` for one service, each instrumented.
+
+    ``methods`` maps an RPC name to (coroutine, request class, response class).
+    """
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            _instrument(name, fn, metrics),
+            request_deserializer=req_cls.FromString,
+            response_serializer=resp_cls.SerializeToString,
+        )
+        for name, (fn, req_cls, resp_cls) in methods.items()
+    }
+
+
+def _add_service(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # Registered methods are matched by grpc's core without a Python-level handler lookup.
+    server.add_registered_method_handlers(service, handlers)
+
+
+# -- rtml.v1.Prediction -----------------------------------------------------------------------
+
+
+def _row_count(spec: TensorSpec, batched: bool) -> tuple[tuple[int, ...], int]:
+    """Per-instance shape of an input and its element count (-1 when one dim is free)."""
+    tail = spec.shape[1:] if batched else spec.shape
+    free = sum(1 for d in tail if d < 0)
+    if free > 1:
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {list(spec.shape)} with {free} free dimensions per "
+            "instance; Predict cannot infer them from a flat vector (use ModelInfer)"
+        )
+    return tail, (-1 if free else int(np.prod(tail, dtype=np.int64)))
+
+
+def instances_to_inputs(model: Any, instances: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Build the model's input tensors from Predict instances (raw features only).
+
+    Each input is taken, per instance, from ``tensors[input]`` (the instance's flattened row)
+    or, for inputs holding one value per instance, from ``features[input]``. Rows are stacked
+    along the batch axis and cast to the input's datatype.
+    """
+    n = len(instances)
+    batched = getattr(model, "max_batch_size", 1) > 0
+    if not batched and n != 1:
+        raise InvalidInput(f"model '{model.name}' has no batch axis: send exactly one instance, got {n}")
+    names = {s.name for s in model.inputs}
+    for i, inst in enumerate(instances):
+        for key in chain(inst.tensors.keys(), inst.features.keys()):
+            if key not in names:
+                raise InvalidInput(
+                    f"instance {i}: unknown feature '{key}' for model '{model.name}' "
+                    f"(inputs: {', '.join(sorted(names))})"
+                )
+    inputs: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        if spec.datatype == "BYTES":
+            raise InvalidInput(f"input '{spec.name}' is BYTES: Predict carries floats only (use ModelInfer)")
+        tail, per_row = _row_count(spec, batched)
+        rows: list[Any] = []
+        width = per_row
+        for i, inst in enumerate(instances):
+            vec = inst.tensors.get(spec.name)
+            if vec is not None:
+                values = vec.values
+                if width < 0:
+                    width = len(values)
+                if len(values) != width:
+                    raise InvalidInput(
+                        f"instance {i}: input '{spec.name}' needs {width} values per instance, "
+                        f"got {len(values)}"
+                    )
+                rows.append(values)
+            elif per_row == 1 and spec.name in inst.features:
+                rows.append((inst.features[spec.name],))
+            else:
+                hint = " (entity-id feature lookup is not configured yet)" if inst.entity_ids else ""
+                raise InvalidInput(f"instance {i}: missing input '{spec.name}'{hint}")
+        flat = np.fromiter(chain.from_iterable(rows), dtype=np.float32, count=n * max(width, 0))
+        shape = tuple(width if d < 0 else d for d in tail)
+        arr = flat.reshape((n, *shape) if batched else shape)
+        if spec.datatype == "BOOL":
+            arr = arr != 0
+        elif arr.dtype != spec.dtype:
+            arr = arr.astype(spec.dtype)
+        inputs[spec.name] = arr
+    return inputs
+
+
+class PredictionServicer:
+    """``rtml.v1.Prediction``: Predict with raw features (entity-id feature fetch comes later)."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    async def Predict(self, request: rtml_pb.PredictRequest, context: Any) -> rtml_pb.PredictResponse:
+        if not request.model:
+            raise InvalidInput("PredictRequest.model is empty")
+        version = request.version if request.HasField("version") else None
+        model = self._manager.get(request.model, version or None)
+        instances = request.instances
+        n = len(instances)
+        if n == 0:
+            raise InvalidInput("PredictRequest has no instances")
+        output_names = [s.name for s in model.outputs]
+        for name in request.outputs:
+            if name not in output_names:
+                raise InvalidInput(
+                    f"unknown output '{name}' requested from model '{model.name}' "
+                    f"(it has {', '.join(output_names)})"
+                )
+        inputs = instances_to_inputs(model, instances)
+        outputs = await model.infer(inputs, deadline=deadline_from(context))
+        response = rtml_pb.PredictResponse(
+            request_id=request.request_id or uuid.uuid4().hex,
+            model=model.name,
+            model_version=model.version,
+        )
+        primary = np.asarray(outputs[output_names[0]], dtype=np.float32).reshape(n, -1)
+        extra = {
+            name: np.asarray(outputs[name]).astype(np.float32, copy=False).reshape(n, -1)
+            for name in request.outputs
+        }
+        results = response.results
+        for i, row in enumerate(primary.tolist()):
+            result = results.add(scores=row)
+            for name, arr in extra.items():
+                result.outputs[name].values.extend(arr[i].tolist())
+        return response
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How the server listens. Port 0 picks a free port (see :attr:`RtmlServer.grpc_port`)."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_port: int | None = 8002  # None: no /metrics HTTP endpoint
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_s: float = 5.0
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """A descriptor pool holding every served service's file, for server reflection.
+
+    The KServe file lives in its own pool (see ``proto/inference/__init__.py``), the others in
+    protobuf's default pool; reflection takes a single pool, so the files are added to one.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    for module in (kserve_pb, rtml_pb, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+class RtmlServer:
+    """grpc.aio server over a started :class:`~serving.manager.ModelManager`.
+
+    The caller owns the manager (starts it before :meth:`start`, stops it after :meth:`stop`);
+    :func:`serve_main` does both for the CLI.
+    """
+
+    def __init__(self, manager: Any, options: ServerOptions = ServerOptions()) -> None:
+        self.manager = manager
+        self.options = options
+        self.metrics = GrpcMetrics(manager.registry)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+        self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
+
+    def _build(self) -> grpc.aio.Server:
+        opts = self.options
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", opts.max_message_bytes),
+                ("grpc.max_send_message_length", opts.max_message_bytes),
+                # Two servers must not silently share one port: fail to bind instead.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        kserve = KServeServicer(self.manager)
+        _add_service(
+            server,
+            KSERVE_SERVICE,
+            _service_handler(
+                {
+                    "ServerLive": (kserve.ServerLive, kserve_pb.ServerLiveRequest, kserve_pb.ServerLiveResponse),
+                    "ServerReady": (kserve.ServerReady, kserve_pb.ServerReadyRequest, kserve_pb.ServerReadyResponse),
+                    "ModelReady": (kserve.ModelReady, kserve_pb.ModelReadyRequest, kserve_pb.ModelReadyResponse),
+                    "ServerMetadata": (
+                        kserve.ServerMetadata, kserve_pb.ServerMetadataRequest, kserve_pb.ServerMetadataResponse,
+                    ),
+                    "ModelMetadata": (
+                        kserve.ModelMetadata, kserve_pb.ModelMetadataRequest, kserve_pb.ModelMetadataResponse,
+                    ),
+                    "ModelInfer": (kserve.ModelInfer, kserve_pb.ModelInferRequest, kserve_pb.ModelInferResponse),
+                },
+                self.metrics,
+            ),
+        )
+        # Any other inference.GRPCInferenceService method (Triton's extras): UNIMPLEMENTED.
+        server.add_generic_rpc_handlers((UnimplementedKServeHandler(),))
+        predict = PredictionServicer(self.manager)
+        _add_service(
+            server,
+            PREDICTION_SERVICE,
+            _service_handler(
+                {"Predict": (predict.Predict, rtml_pb.PredictRequest, rtml_pb.PredictResponse)},
+                self.metrics,
+            ),
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (
+            KSERVE_SERVICE,
+            PREDICTION_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server, pool=_reflection_pool())
+        return server
+
+    async def _refresh_health(self) -> None:
+        """Keep grpc.health.v1 in step with the manager (models load and unload over time)."""
+        names = ("", KSERVE_SERVICE, PREDICTION_SERVICE)
+        last: int | None = None
+        while True:
+            try:
+                ready = server_ready(self.manager)
+            except Exception:  # a status probe must never take the health service down
+                log.exception("readiness check failed")
+                ready = False
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                for name in names:
+                    await self._health.set(name, status)
+                last = status
+            await asyncio.sleep(_HEALTH_REFRESH_S)
+
+    async def start(self) -> None:
+        """Bind the gRPC port (and the metrics port) and start serving."""
+        opts = self.options
+        server = self._build()
+        address = f"{opts.host}:{opts.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError
+            raise OSError(f"cannot bind gRPC address {address} (in use?)") from exc
+        if port == 0:
+            raise OSError(f"cannot bind gRPC address {address}")
+        self.grpc_port = port
+        if opts.metrics_port is not None:
+            self._http, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.manager.registry)
+            self.metrics_port = self._http.server_port
+        await server.start()
+        self._server = server
+        self._health_task = asyncio.create_task(self._refresh_health(), name="rtml-health")
+        log.info(
+            "rtml serving gRPC on %s:%d%s",
+            opts.host,
+            port,
+            f", metrics on http://{opts.host}:{self.metrics_port}/metrics" if self.metrics_port else "",
+        )
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING, refuse new RPCs, let running ones finish."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+            self._health_task = None
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.options.grace_s if grace_s is None else grace_s)
+            self._server = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class BackgroundServer:
+    """A manager and an :class:`RtmlServer` on their own event loop in a daemon thread.
+
+    For tests, benchmarks and the in-process use of a real server: ``start()`` returns once
+    the ports are bound and the models are loaded; ``stop()`` shuts both down.
+    """
+
+    def __init__(self, manager_factory: Callable[[], Any], options: ServerOptions) -> None:
+        self._factory = manager_factory
+        self._options = options
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rtml-server", daemon=True)
+        self.server: RtmlServer | None = None
+        self.manager: Any = None
+
+    def _run(self, coro: Awaitable[Any], timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self, timeout: float = 60.0) -> "BackgroundServer":
+        self._thread.start()
+
+        async def _start() -> None:
+            self.manager = self._factory()
+            await self.manager.start()
+            self.server = RtmlServer(self.manager, self._options)
+            await self.server.start()
+
+        try:
+            self._run(_start(), timeout)
+        except BaseException:
+            self.stop()  # no half-started loop thread left behind
+            raise
+        return self
+
+    @property
+    def grpc_address(self) -> str:
+        assert self.server is not None and self.server.grpc_port is not None
+        return f"{self._options.host}:{self.server.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.server is not None and self.server.metrics_port is not None
+        return f"http://{self._options.host}:{self.server.metrics_port}/metrics"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        async def _stop() -> None:
+            if self.server is not None:
+                await self.server.stop()
+            if self.manager is not None:
+                await self.manager.stop()
+
+        try:
+            if self._thread.is_alive():
+                self._run(_stop(), timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rtml serve",
+        description="Serve ONNX models over gRPC (KServe v2 + rtml.v1.Prediction) with Prometheus metrics.",
+    )
+    p.add_argument("--models", required=True, help="model repository: DIR/<name>/<version>/model.onnx")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 picks a free one; default 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002; -1 disables)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between model repository scans")
+    p.add_argument(
+        "--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+        help="largest gRPC message accepted or sent, MiB (default 64)",
+    )
+    p.add_argument("--grace", type=float, default=5.0, help="seconds running RPCs get to finish on shutdown")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from serving.manager import ModelManager  # heavy (onnxruntime): imported when serving
+
+    manager = ModelManager(args.models, poll_interval_s=args.poll_interval)
+    options = ServerOptions(
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        grace_s=args.grace,
+    )
+    await manager.start()
+    server = RtmlServer(manager, options)
+    try:
+        await server.start()
+    except Exception:
+        await manager.stop()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down (grace %.1f s)", args.grace)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+        await manager.stop()
+    return 0
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``rtml serve --models DIR --grpc-port P --metrics-port M [--host H] [--poll-interval S]``.
+
+    Returns the process exit code: 0 after a clean SIGINT/SIGTERM shutdown, 2 when the
+    repository or a port cannot be used.
+    """
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as exc:
+        log.error("rtml serve: %s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())
