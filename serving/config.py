@@ -1,7 +1,35 @@
 """Per-model serving configuration: the optional ``ROOT/<name>/config.yaml``.
 
 Every field has a default, so a model directory without a config serves with
-dynamic batching up to 64 rows, no queue delay and one ONNX Runtime thread.
+dynamic batching up to 64 rows, no queue delay and one ONNX Runtime thread, builds its
+inputs from the request alone, routes nothing and caches nothing.
+
+A complete example (see :class:`FeatureBindings` and :class:`Routing` for each key)::
+
+    max_batch_size: 64
+    max_queue_delay_us: 200
+    features:                       # build model inputs from online features (Redis)
+      inputs:
+        input:                      # model input -> its columns, in order
+          - user.clicks_1h
+          - user.impressions_1h
+          - item.ctr_1h
+          - user_item.clicks_24h
+          - request.price           # instance.features["price"]
+      views:                        # optional: views not in the server's feature specs
+        user: {entity: [user_id]}
+      defaults: {user.clicks_1h: 0.0, request.price: 1.0}
+      default: 0.0                  # every other missing / expired value
+      fail_open: true               # Redis down: answer with defaults (false: UNAVAILABLE)
+      max_feature_age_ms: 3600000   # older hashes count as missing
+    routing:
+      primary: "1"                  # default: highest READY version not used below
+      shadow: {version: "3"}
+      canary: {version: "2", percent: 10, key: user_id}
+      # or, instead of canary:
+      # ab: {variants: {control: {version: "1", weight: 50}, treatment: {version: "2", weight: 50}},
+      #      sticky_key: user_id}
+    cache_ttl_ms: 500
 
 >>> ModelConfig().max_batch_size
 64
@@ -18,12 +46,217 @@ extra_forbidden
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.features.spec import parse_duration_ms
 
 CONFIG_FILENAME = "config.yaml"
+
+# The documented default for a missing, null or expired feature value.
+DEFAULT_FEATURE_VALUE = 0.0
+REQUEST_SOURCE = "request"  # ``request.<name>``: instance.features[<name>]
+_VIEW_NAME = re.compile(r"[A-Za-z0-9_]+")
+_FEATURE_NAME = re.compile(r"[^\s.]+")
+
+
+def _version_text(value: Any) -> Any:
+    # YAML reads ``version: 2`` as an int; versions are directory names, i.e. text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """Split a feature source ``view.column`` / ``request.name`` into its two parts.
+
+    >>> parse_source("user_item.clicks_1h")
+    ('user_item', 'clicks_1h')
+    >>> parse_source("request.price")
+    ('request', 'price')
+    """
+    view, sep, column = source.partition(".")
+    if not sep or not _VIEW_NAME.fullmatch(view) or not _FEATURE_NAME.fullmatch(column):
+        raise ValueError(
+            f"feature source {source!r} must be '<view>.<column>' (e.g. user.clicks_1h) or "
+            "'request.<name>' (a value the request carries in instance.features)"
+        )
+    return view, column
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ViewBinding(_Frozen):
+    """Where a view's entity key comes from, for views the server's feature specs lack.
+
+    ``entity`` lists ``Instance.entity_ids`` fields in the view's order: one field gives the
+    key as is (``u42``), several are escaped and joined with ``|`` as the features dataflow
+    writes them (``u42|i7``). ``ttl`` (a duration: ``30s``, ``2d`` or ms) makes older hashes
+    count as missing; without it only ``max_feature_age_ms`` limits age.
+    """
+
+    entity: tuple[str, ...] = Field(min_length=1)
+    ttl: int | None = None  # milliseconds once parsed
+
+    @field_validator("entity", mode="before")
+    @classmethod
+    def _one_field(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration_ms(value)
+
+
+class FeatureBindings(_Frozen):
+    """How a model's inputs are built from online features and request values.
+
+    ``inputs`` maps a model input to its ordered sources; the input's row for one instance is
+    the sources' values in that order, so its per-instance size must equal the number of
+    sources (shape ``[-1, n]``, or ``[-1]`` / ``[-1, 1]`` for one source). A source is
+
+    * ``<view>.<column>``: the column of that view's Redis hash for the instance's entity,
+      e.g. ``user.clicks_1h`` (keyed by ``entity_ids["user_id"]``) or ``user_item.clicks_1h``
+      (keyed by ``user_id|item_id``). The entity fields come from the server's feature specs
+      (the packaged ``engine/defaults/features.yaml`` unless configured) or ``views`` below.
+      A request can override it by sending ``instance.features["user.clicks_1h"]``.
+    * ``request.<name>``: ``instance.features[<name>]``, a value only the caller knows
+      (a price, the hour of day). A request without it is refused (INVALID_ARGUMENT) unless
+      ``defaults`` names one.
+
+    A request may also send the whole row of a bound input in ``instance.tensors[<input>]``
+    (no fetch for it). Inputs not listed here are taken from the request as without bindings.
+
+    A fetched value that is missing (unknown entity), null (empty string), expired (older than
+    the view's TTL or ``max_feature_age_ms``) or unreadable is replaced by
+    ``defaults[source]``, else by ``default`` (0.0).
+
+    ``fail_open``: when Redis cannot be reached, answer with defaults and count
+    ``rtml_feature_fetch_errors_total`` (True, the default: a recommendation is better than an
+    error page), or fail the request with UNAVAILABLE (False: for models whose answers are
+    wrong without their features, e.g. fraud scores).
+    """
+
+    inputs: dict[str, tuple[str, ...]] = Field(min_length=1)
+    views: dict[str, ViewBinding] = Field(default_factory=dict)
+    defaults: dict[str, float] = Field(default_factory=dict)
+    default: float = DEFAULT_FEATURE_VALUE
+    fail_open: bool = True
+    max_feature_age_ms: int | None = Field(None, gt=0)
+
+    @field_validator("inputs")
+    @classmethod
+    def _sources_parse(cls, inputs: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name, sources in inputs.items():
+            if not sources:
+                raise ValueError(f"input {name!r} has no sources")
+            for source in sources:
+                parse_source(source)
+            if len(set(sources)) != len(sources):
+                raise ValueError(f"input {name!r} lists a source twice")
+        return inputs
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> "FeatureBindings":
+        sources = {s for group in self.inputs.values() for s in group}
+        unknown = sorted(set(self.defaults) - sources)
+        if unknown:
+            raise ValueError(f"defaults for source(s) not bound to any input: {', '.join(unknown)}")
+        if REQUEST_SOURCE in self.views:
+            raise ValueError(f"'{REQUEST_SOURCE}' is reserved for request values and cannot name a view")
+        return self
+
+    def sources(self) -> list[str]:
+        """Every bound source once, in input then binding order."""
+        return list(dict.fromkeys(s for group in self.inputs.values() for s in group))
+
+
+class ShadowRoute(_Frozen):
+    """Score every routed request with ``version`` too, off the response path."""
+
+    version: str = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _version_text(value)
+
+
+class CanaryRoute(_Frozen):
+    """Send ``percent`` % of entities (by a stable hash of ``entity_ids[key]``) to ``version``."""
+
+    version: str = Field(min_length=1)
+    percent: float = Field(ge=0, le=100)
+    key: str = "user_id"
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _version_text(value)
+
+
+class AbVariant(_Frozen):
+    """One arm of an A/B test: its version and relative weight."""
+
+    version: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _version_text(value)
+
+
+class AbRoute(_Frozen):
+    """Split entities between named variants by weight, sticky by ``entity_ids[sticky_key]``."""
+
+    variants: dict[str, AbVariant] = Field(min_length=1)
+    sticky_key: str = "user_id"
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, variants: dict[str, AbVariant]) -> dict[str, AbVariant]:
+        for name in variants:
+            if not name or name == "shadow":
+                raise ValueError(f"variant name {name!r} is empty or reserved ('shadow')")
+        return variants
+
+
+class Routing(_Frozen):
+    """Which version serves a request that does not name one.
+
+    A request that names a version gets exactly that version: no canary / A/B split, no shadow.
+
+    ``primary`` serves what no canary / A/B arm takes (default: the highest READY version that
+    is not the canary or shadow version). ``canary`` and ``ab`` exclude each other; ``shadow``
+    combines with either. Variants in responses and the predictions log: ``primary``,
+    ``canary``, the A/B arm's name, ``shadow``.
+    """
+
+    primary: str | None = None
+    shadow: ShadowRoute | None = None
+    canary: CanaryRoute | None = None
+    ab: AbRoute | None = None
+
+    @field_validator("primary", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _version_text(value)
+
+    @model_validator(mode="after")
+    def _one_split(self) -> "Routing":
+        if self.canary is not None and self.ab is not None:
+            raise ValueError("routing: canary and ab cannot both be set (use ab with two variants)")
+        if self.shadow is None and self.canary is None and self.ab is None and self.primary is None:
+            raise ValueError("routing: set at least one of primary, shadow, canary, ab")
+        return self
 
 
 class ModelConfig(BaseModel):
@@ -47,6 +280,13 @@ class ModelConfig(BaseModel):
     queue_capacity: int = Field(1024, ge=1)
     intra_op_threads: int = Field(1, ge=1)
     warmup: bool = True
+    # rtml.v1 Predict only (KServe ModelInfer takes tensors as sent and never routes).
+    features: FeatureBindings | None = None
+    routing: Routing | None = None
+    # Repeated identical Predict requests (same model, version, variant, instances, outputs)
+    # are answered from memory for this long; 0 disables. Features fetched for the cached
+    # answer can therefore be up to this old.
+    cache_ttl_ms: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> "ModelConfig":

@@ -4,7 +4,9 @@ Services on the gRPC port:
 
 * ``inference.GRPCInferenceService`` -- KServe v2 / Open Inference Protocol (tritonclient works
   unchanged); Triton-only methods answer UNIMPLEMENTED with a message listing what is served;
-* ``rtml.v1.Prediction`` -- rtml's Predict (raw features for now);
+* ``rtml.v1.Prediction`` -- rtml's Predict (:mod:`serving.predict`: online features from
+  ``--redis-url``, routing, cache, every prediction published to ``--predictions-topic`` on
+  ``--kafka-bootstrap``);
 * ``grpc.health.v1.Health`` -- SERVING while every loaded model version is ready;
 * ``grpc.reflection.v1alpha.ServerReflection`` -- lists the services above (grpcurl works).
 
@@ -28,14 +30,11 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -44,7 +43,8 @@ from prometheus_client.exposition import start_http_server
 
 from proto.inference import open_inference_grpc_pb2 as kserve_pb
 from proto.rtml.v1 import serving_pb2 as rtml_pb
-from serving.errors import InvalidInput, ServingError
+from serving.errors import ServingError
+from serving.features import FeatureFetcher, default_feature_views
 from serving.kserve import (
     SERVICE_NAME as KSERVE_SERVICE,
     KServeServicer,
@@ -52,7 +52,8 @@ from serving.kserve import (
     deadline_from,
     server_ready,
 )
-from serving.tensors import TensorSpec
+from serving.predict import PredictMetrics, PredictPipeline, instances_to_inputs  # noqa: F401  (re-exported)
+from serving.predictions_log import DEFAULT_TOPIC, PredictionLogger, PredictionLogMetrics
 
 log = logging.getLogger(__name__)
 
@@ -155,112 +156,15 @@ def _add_service(server: grpc.aio.Server, service: str, handlers: dict[str, grpc
 # -- rtml.v1.Prediction -----------------------------------------------------------------------
 
 
-def _row_count(spec: TensorSpec, batched: bool) -> tuple[tuple[int, ...], int]:
-    """Per-instance shape of an input and its element count (-1 when one dim is free)."""
-    tail = spec.shape[1:] if batched else spec.shape
-    free = sum(1 for d in tail if d < 0)
-    if free > 1:
-        raise InvalidInput(
-            f"input '{spec.name}' has shape {list(spec.shape)} with {free} free dimensions per "
-            "instance; Predict cannot infer them from a flat vector (use ModelInfer)"
-        )
-    return tail, (-1 if free else int(np.prod(tail, dtype=np.int64)))
-
-
-def instances_to_inputs(model: Any, instances: Sequence[Any]) -> dict[str, np.ndarray]:
-    """Build the model's input tensors from Predict instances (raw features only).
-
-    Each input is taken, per instance, from ``tensors[input]`` (the instance's flattened row)
-    or, for inputs holding one value per instance, from ``features[input]``. Rows are stacked
-    along the batch axis and cast to the input's datatype.
-    """
-    n = len(instances)
-    batched = getattr(model, "max_batch_size", 1) > 0
-    if not batched and n != 1:
-        raise InvalidInput(f"model '{model.name}' has no batch axis: send exactly one instance, got {n}")
-    names = {s.name for s in model.inputs}
-    for i, inst in enumerate(instances):
-        for key in chain(inst.tensors.keys(), inst.features.keys()):
-            if key not in names:
-                raise InvalidInput(
-                    f"instance {i}: unknown feature '{key}' for model '{model.name}' "
-                    f"(inputs: {', '.join(sorted(names))})"
-                )
-    inputs: dict[str, np.ndarray] = {}
-    for spec in model.inputs:
-        if spec.datatype == "BYTES":
-            raise InvalidInput(f"input '{spec.name}' is BYTES: Predict carries floats only (use ModelInfer)")
-        tail, per_row = _row_count(spec, batched)
-        rows: list[Any] = []
-        width = per_row
-        for i, inst in enumerate(instances):
-            vec = inst.tensors.get(spec.name)
-            if vec is not None:
-                values = vec.values
-                if width < 0:
-                    width = len(values)
-                if len(values) != width:
-                    raise InvalidInput(
-                        f"instance {i}: input '{spec.name}' needs {width} values per instance, "
-                        f"got {len(values)}"
-                    )
-                rows.append(values)
-            elif per_row == 1 and spec.name in inst.features:
-                rows.append((inst.features[spec.name],))
-            else:
-                hint = " (entity-id feature lookup is not configured yet)" if inst.entity_ids else ""
-                raise InvalidInput(f"instance {i}: missing input '{spec.name}'{hint}")
-        flat = np.fromiter(chain.from_iterable(rows), dtype=np.float32, count=n * max(width, 0))
-        shape = tuple(width if d < 0 else d for d in tail)
-        arr = flat.reshape((n, *shape) if batched else shape)
-        if spec.datatype == "BOOL":
-            arr = arr != 0
-        elif arr.dtype != spec.dtype:
-            arr = arr.astype(spec.dtype)
-        inputs[spec.name] = arr
-    return inputs
-
-
 class PredictionServicer:
-    """``rtml.v1.Prediction``: Predict with raw features (entity-id feature fetch comes later)."""
+    """``rtml.v1.Prediction``: Predict through :class:`~serving.predict.PredictPipeline`
+    (online features, routing, cache, predictions log), the same path as :mod:`serving.api`."""
 
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
+    def __init__(self, pipeline: PredictPipeline) -> None:
+        self._pipeline = pipeline
 
     async def Predict(self, request: rtml_pb.PredictRequest, context: Any) -> rtml_pb.PredictResponse:
-        if not request.model:
-            raise InvalidInput("PredictRequest.model is empty")
-        version = request.version if request.HasField("version") else None
-        model = self._manager.get(request.model, version or None)
-        instances = request.instances
-        n = len(instances)
-        if n == 0:
-            raise InvalidInput("PredictRequest has no instances")
-        output_names = [s.name for s in model.outputs]
-        for name in request.outputs:
-            if name not in output_names:
-                raise InvalidInput(
-                    f"unknown output '{name}' requested from model '{model.name}' "
-                    f"(it has {', '.join(output_names)})"
-                )
-        inputs = instances_to_inputs(model, instances)
-        outputs = await model.infer(inputs, deadline=deadline_from(context))
-        response = rtml_pb.PredictResponse(
-            request_id=request.request_id or uuid.uuid4().hex,
-            model=model.name,
-            model_version=model.version,
-        )
-        primary = np.asarray(outputs[output_names[0]], dtype=np.float32).reshape(n, -1)
-        extra = {
-            name: np.asarray(outputs[name]).astype(np.float32, copy=False).reshape(n, -1)
-            for name in request.outputs
-        }
-        results = response.results
-        for i, row in enumerate(primary.tolist()):
-            result = results.add(scores=row)
-            for name, arr in extra.items():
-                result.outputs[name].values.extend(arr[i].tolist())
-        return response
+        return await self._pipeline.predict(request, deadline=deadline_from(context))
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -275,6 +179,13 @@ class ServerOptions:
     metrics_port: int | None = 8002  # None: no /metrics HTTP endpoint
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
+    # rtml.v1 Predict: online features (None: models with feature bindings answer as during a
+    # Redis outage) and the predictions log (None: predictions are not published).
+    redis_url: str | None = None
+    redis_key_prefix: str = "rtml"
+    feature_specs: str | None = None  # feature views YAML; None: the packaged defaults
+    kafka_bootstrap: str | None = None
+    predictions_topic: str = DEFAULT_TOPIC
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -304,8 +215,24 @@ class RtmlServer:
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
         self._http: Any = None
+        self.pipeline: PredictPipeline | None = None
+        # Registered once per server (a registry refuses a second set), reused across restarts.
+        self._predict_metrics = PredictMetrics(manager.registry)
+        self._log_metrics: PredictionLogMetrics | None = None
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
+
+    def _make_pipeline(self) -> PredictPipeline:
+        opts = self.options
+        fetcher = FeatureFetcher(
+            opts.redis_url, views=default_feature_views(opts.feature_specs), key_prefix=opts.redis_key_prefix
+        )
+        logger = None
+        if opts.kafka_bootstrap:
+            if self._log_metrics is None:
+                self._log_metrics = PredictionLogMetrics(self.manager.registry)
+            logger = PredictionLogger(opts.kafka_bootstrap, opts.predictions_topic, metrics=self._log_metrics).start()
+        return PredictPipeline(self.manager, fetcher=fetcher, logger=logger, metrics=self._predict_metrics)
 
     def _build(self) -> grpc.aio.Server:
         opts = self.options
@@ -339,7 +266,8 @@ class RtmlServer:
         )
         # Any other inference.GRPCInferenceService method (Triton's extras): UNIMPLEMENTED.
         server.add_generic_rpc_handlers((UnimplementedKServeHandler(),))
-        predict = PredictionServicer(self.manager)
+        assert self.pipeline is not None
+        predict = PredictionServicer(self.pipeline)
         _add_service(
             server,
             PREDICTION_SERVICE,
@@ -378,19 +306,24 @@ class RtmlServer:
     async def start(self) -> None:
         """Bind the gRPC port (and the metrics port) and start serving."""
         opts = self.options
-        server = self._build()
-        address = f"{opts.host}:{opts.grpc_port}"
+        self.pipeline = self._make_pipeline()
         try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError
-            raise OSError(f"cannot bind gRPC address {address} (in use?)") from exc
-        if port == 0:
-            raise OSError(f"cannot bind gRPC address {address}")
-        self.grpc_port = port
-        if opts.metrics_port is not None:
-            self._http, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.manager.registry)
-            self.metrics_port = self._http.server_port
-        await server.start()
+            server = self._build()
+            address = f"{opts.host}:{opts.grpc_port}"
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError
+                raise OSError(f"cannot bind gRPC address {address} (in use?)") from exc
+            if port == 0:
+                raise OSError(f"cannot bind gRPC address {address}")
+            self.grpc_port = port
+            if opts.metrics_port is not None:
+                self._http, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.manager.registry)
+                self.metrics_port = self._http.server_port
+            await server.start()
+        except BaseException:
+            await self._close_pipeline()  # no producer thread or Redis pool left behind
+            raise
         self._server = server
         self._health_task = asyncio.create_task(self._refresh_health(), name="rtml-health")
         log.info(
@@ -418,10 +351,17 @@ class RtmlServer:
         if self._server is not None:
             await self._server.stop(self.options.grace_s if grace_s is None else grace_s)
             self._server = None
+        await self._close_pipeline()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+    async def _close_pipeline(self) -> None:
+        # After the gRPC server: running Predicts have finished, shadows and the log drain here.
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            await pipeline.close()
 
 
 class BackgroundServer:
@@ -509,6 +449,23 @@ def _parser() -> argparse.ArgumentParser:
         help="largest gRPC message accepted or sent, MiB (default 64)",
     )
     p.add_argument("--grace", type=float, default=5.0, help="seconds running RPCs get to finish on shutdown")
+    p.add_argument(
+        "--redis-url", default=None,
+        help="online feature store for Predict feature bindings (e.g. redis://localhost:6379/0); "
+        "without it, bound models answer with defaults (fail-open) or UNAVAILABLE (fail-closed)",
+    )
+    p.add_argument("--redis-key-prefix", default="rtml", help="Redis key prefix of the feature hashes (default rtml)")
+    p.add_argument(
+        "--feature-specs", default=None,
+        help="feature views YAML the bindings refer to (default: the packaged engine/defaults/features.yaml)",
+    )
+    p.add_argument(
+        "--kafka-bootstrap", default=None,
+        help="Kafka bootstrap.servers to publish every prediction to (default: predictions are not published)",
+    )
+    p.add_argument(
+        "--predictions-topic", default=DEFAULT_TOPIC, help=f"topic for published predictions (default {DEFAULT_TOPIC})"
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
 
@@ -523,6 +480,11 @@ async def _serve(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         max_message_bytes=int(args.max_message_mb * 2**20),
         grace_s=args.grace,
+        redis_url=args.redis_url,
+        redis_key_prefix=args.redis_key_prefix,
+        feature_specs=args.feature_specs,
+        kafka_bootstrap=args.kafka_bootstrap,
+        predictions_topic=args.predictions_topic,
     )
     await manager.start()
     server = RtmlServer(manager, options)
