@@ -178,6 +178,10 @@ class ServerOptions:
     grpc_port: int = 8001
     metrics_port: int | None = 8002  # None: no /metrics HTTP endpoint
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Calls in flight beyond this are refused at once with RESOURCE_EXHAUSTED by gRPC itself.
+    # Without a cap, gRPC core queues up to grpc.server.max_pending_requests (1000) and then
+    # CANCELs calls, which clients cannot tell from their own cancellations.
+    max_concurrent_rpcs: int = 512
     grace_s: float = 5.0
     # rtml.v1 Predict: online features (None: models with feature bindings answer as during a
     # Redis outage) and the predictions log (None: predictions are not published).
@@ -237,6 +241,7 @@ class RtmlServer:
     def _build(self) -> grpc.aio.Server:
         opts = self.options
         server = grpc.aio.server(
+            maximum_concurrent_rpcs=opts.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", opts.max_message_bytes),
                 ("grpc.max_send_message_length", opts.max_message_bytes),
@@ -450,6 +455,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace", type=float, default=5.0, help="seconds running RPCs get to finish on shutdown")
     p.add_argument(
+        "--max-concurrent-rpcs", type=int, default=512,
+        help="calls in flight before new ones get RESOURCE_EXHAUSTED (default 512)",
+    )
+    p.add_argument(
         "--redis-url", default=None,
         help="online feature store for Predict feature bindings (e.g. redis://localhost:6379/0); "
         "without it, bound models answer with defaults (fail-open) or UNAVAILABLE (fail-closed)",
@@ -479,6 +488,7 @@ async def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         max_message_bytes=int(args.max_message_mb * 2**20),
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         grace_s=args.grace,
         redis_url=args.redis_url,
         redis_key_prefix=args.redis_key_prefix,

@@ -399,3 +399,43 @@ def test_generated_code_matches_the_proto_file(tmp_path: Path, proto: str, modul
     drop_json_names(fresh.message_type)
     checked_in = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)  # type: ignore[attr-defined]
     assert fresh == checked_in
+
+
+def test_calls_beyond_the_concurrency_cap_get_resource_exhausted(tmp_path) -> None:
+    """gRPC sheds excess calls with RESOURCE_EXHAUSTED instead of queueing or cancelling them."""
+    import asyncio
+
+    import grpc
+    import numpy as np
+
+    from proto.inference import open_inference_grpc_pb2 as pb
+    from proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+    from serving.manager import ModelManager
+    from serving.server import BackgroundServer, ServerOptions
+    from tests.serving.models import mlp_model, write_model
+
+    write_model(tmp_path / "repo", "mlp", 1, mlp_model(seed=1))
+    options = ServerOptions(grpc_port=0, metrics_port=None, max_concurrent_rpcs=2)
+    with BackgroundServer(lambda: ModelManager(tmp_path / "repo", poll_interval_s=0,
+                                               providers=["CPUExecutionProvider"]), options) as server:
+        x = np.zeros((1, 64), np.float32)
+        request = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[x.tobytes()], inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 64])])
+
+        async def burst() -> list[grpc.StatusCode]:
+            async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+                async def one() -> grpc.StatusCode:
+                    try:
+                        await stub.ModelInfer(request)
+                        return grpc.StatusCode.OK
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code()
+
+                return await asyncio.gather(*(one() for _ in range(200)))
+
+        codes = asyncio.run(burst())
+    assert grpc.StatusCode.OK in codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
