@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -182,6 +184,8 @@ class ServerOptions:
     # Without a cap, gRPC core queues up to grpc.server.max_pending_requests (1000) and then
     # CANCELs calls, which clients cannot tell from their own cancellations.
     max_concurrent_rpcs: int = 512
+    # Worker processes of one `rtml serve --workers N` share the port on purpose.
+    reuse_port: bool = False
     grace_s: float = 5.0
     # rtml.v1 Predict: online features (None: models with feature bindings answer as during a
     # Redis outage) and the predictions log (None: predictions are not published).
@@ -245,8 +249,9 @@ class RtmlServer:
             options=[
                 ("grpc.max_receive_message_length", opts.max_message_bytes),
                 ("grpc.max_send_message_length", opts.max_message_bytes),
-                # Two servers must not silently share one port: fail to bind instead.
-                ("grpc.so_reuseport", 0),
+                # Two servers must not silently share one port by accident: fail to bind
+                # instead, unless they are workers of one `rtml serve --workers N`.
+                ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
             ]
         )
         kserve = KServeServicer(self.manager)
@@ -475,8 +480,57 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predictions-topic", default=DEFAULT_TOPIC, help=f"topic for published predictions (default {DEFAULT_TOPIC})"
     )
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads connections); "
+        "worker i serves /metrics on metrics-port + i (default 1)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for workers
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
+
+
+def _run_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Start ``--workers`` copies of this server on one port and wait for them.
+
+    One grpc.aio event loop saturates a core at a few thousand requests/s (the protocol
+    work is grpc's, not the model's), so on a multi-core host throughput scales with
+    processes, not threads. Each worker loads its own models and serves its own metrics.
+    """
+    from engine.runtime.ports import free_port
+
+    port = args.grpc_port or free_port(args.host if args.host != "0.0.0.0" else "127.0.0.1")
+    base = [a for a in argv]
+    children = []
+    for i in range(args.workers):
+        child = [sys.executable, "-m", "serving.server", *base, "--workers", "1", "--reuse-port",
+                 "--grpc-port", str(port)]
+        if args.metrics_port >= 0:
+            child += ["--metrics-port", str(args.metrics_port + i if args.metrics_port else 0)]
+        children.append(subprocess.Popen(child))
+    log.info("rtml serve: %d workers on %s:%d", args.workers, args.host, port)
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    codes = []
+    for c in children:
+        while True:
+            try:
+                codes.append(c.wait())
+                break
+            except KeyboardInterrupt:
+                continue
+        if not stopping:  # one worker died on its own: take the others down too
+            forward(signal.SIGTERM, None)
+    return max(codes, key=abs) if codes else 0
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -489,6 +543,7 @@ async def _serve(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        reuse_port=args.reuse_port,
         grace_s=args.grace,
         redis_url=args.redis_url,
         redis_key_prefix=args.redis_key_prefix,
@@ -524,11 +579,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     Returns the process exit code: 0 after a clean SIGINT/SIGTERM shutdown, 2 when the
     repository or a port cannot be used.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.workers > 1:
+        return _run_workers(args, argv)
     try:
         return asyncio.run(_serve(args))
     except OSError as exc:

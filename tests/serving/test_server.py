@@ -439,3 +439,46 @@ def test_calls_beyond_the_concurrency_cap_get_resource_exhausted(tmp_path) -> No
     assert grpc.StatusCode.OK in codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+
+
+def test_workers_share_the_port_and_stop_on_sigint(tmp_path) -> None:
+    """`--workers 2`: two processes answer on one port; SIGINT stops both cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import grpc
+
+    from engine.runtime.ports import free_port
+    from proto.inference import open_inference_grpc_pb2 as pb
+    from proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+    from tests.serving.models import mlp_model, write_model
+
+    write_model(tmp_path / "repo", "mlp", 1, mlp_model(seed=1))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--models", str(tmp_path / "repo"),
+                             "--grpc-port", str(port), "--metrics-port", "-1", "--workers", "2"],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        pids: set[int] = set()
+        while time.monotonic() < deadline and len(pids) < 2:
+            # A fresh channel per call: SO_REUSEPORT balances connections, not calls.
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    ready = pb_grpc.GRPCInferenceServiceStub(channel).ServerReady(pb.ServerReadyRequest(), timeout=2)
+                except grpc.RpcError:
+                    time.sleep(0.2)
+                    continue
+                assert ready.ready
+            import psutil
+
+            pids = {c.pid for c in psutil.Process(proc.pid).children() if c.is_running()}
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
