@@ -663,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = markdown_table(json.loads(Path(args.from_json).read_text()))
         print(table)
         if not args.no_readme:
-            update_readme_table(NAME, table)
+            update_readme_table(args.name, table)
         return 0
 
     procs = args.client_processes or (4 if (os.cpu_count() or 2) >= 8 else 2)
@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(result)
     print(table)
     if not args.no_readme:
-        update_readme_table(NAME, table)
+        update_readme_table(args.name, table)  # serving_gpu results get their own table
     log(f"wrote {path} in {result['seconds']:.0f}s")
     return 0
 
