@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -104,8 +105,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_dataflow(args: argparse.Namespace) -> int:
     """Run one process of the features dataflow in the foreground (containers, manual scale-out)."""
-    import os
-
     from engine.runtime.jobs import dataflow_specs
 
     cfg = _config(args)
@@ -233,12 +232,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_index(argv: Sequence[str]) -> int | None:
+    """Position of the subcommand, skipping the global options before it."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--config":
+            i += 2
+        elif token.startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # the server owns its flags (-h included)
+    at = _subcommand_index(argv)
+    if at is not None and argv[at] == "serve":  # the server owns its flags (-h included)
+        head = build_parser().parse_args(argv[:at] + ["config"])
+        if head.config:
+            os.environ["RTML_CONFIG"] = head.config  # serve reads the rtml config for its store defaults
         from serving.server import serve_main
 
-        return serve_main(argv[1:])
+        return serve_main(argv[at + 1 :])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -218,7 +218,7 @@ def instances_to_inputs(model: Any, instances: Sequence[Any]) -> dict[str, np.nd
                 )
     return {
         spec.name: _raw_input(
-            spec, instances, batched, " (entity-id feature lookup is not configured yet)", hint_needs_entities=True
+            spec, instances, batched, " (this model has no feature bindings, so entity ids do not fill inputs)", hint_needs_entities=True
         )
         for spec in model.inputs
     }

@@ -7,7 +7,7 @@ Services on the gRPC port:
 * ``rtml.v1.Prediction`` -- rtml's Predict (:mod:`serving.predict`: online features from
   ``--redis-url``, routing, cache, every prediction published to ``--predictions-topic`` on
   ``--kafka-bootstrap``);
-* ``grpc.health.v1.Health`` -- SERVING while every loaded model version is ready;
+* ``grpc.health.v1.Health`` -- SERVING while every model has at least one ready version;
 * ``grpc.reflection.v1alpha.ServerReflection`` -- lists the services above (grpcurl works).
 
 Every KServe and Predict call goes through :func:`_instrument`, which counts it in
@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -45,7 +46,7 @@ from prometheus_client.exposition import start_http_server
 
 from proto.inference import open_inference_grpc_pb2 as kserve_pb
 from proto.rtml.v1 import serving_pb2 as rtml_pb
-from serving.errors import ServingError
+from serving.errors import InvalidInput, ServingError
 from serving.features import FeatureFetcher, default_feature_views
 from serving.kserve import (
     SERVICE_NAME as KSERVE_SERVICE,
@@ -132,17 +133,41 @@ def _instrument(method: str, fn: Handler, metrics: GrpcMetrics) -> Handler:
     return handler
 
 
+def _parsing(fn: Handler, request_cls: Any, max_bytes: int) -> Handler:
+    """Parse the request inside the handler, so size and syntax errors get a clear status.
+
+    gRPC's own limit answers RESOURCE_EXHAUSTED with no word on which limit, and a
+    deserializer error surfaces as a bare failure; here an oversize or undecodable
+    request is INVALID_ARGUMENT saying what was wrong and what is accepted.
+    """
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        if len(raw) > max_bytes:
+            raise InvalidInput(
+                f"request is {len(raw):,} bytes; the limit is {max_bytes:,} bytes "
+                f"(rtml serve --max-message-mb): send fewer rows per request"
+            )
+        try:
+            request = request_cls.FromString(raw)
+        except DecodeError as exc:
+            raise InvalidInput(f"request is not a valid {request_cls.DESCRIPTOR.full_name}: {exc}") from None
+        return await fn(request, context)
+
+    return handler
+
+
 def _service_handler(
-    methods: dict[str, tuple[Handler, Any, Any]], metrics: GrpcMetrics
+    methods: dict[str, tuple[Handler, Any, Any]], metrics: GrpcMetrics, max_request_bytes: int
 ) -> dict[str, grpc.RpcMethodHandler]:
     """Unary method handlers ``{rpc: handler}`` for one service, each instrumented.
 
-    ``methods`` maps an RPC name to (coroutine, request class, response class).
+    ``methods`` maps an RPC name to (coroutine, request class, response class). Requests
+    arrive as bytes and are parsed by :func:`_parsing` under the metrics and error mapping.
     """
     return {
         name: grpc.unary_unary_rpc_method_handler(
-            _instrument(name, fn, metrics),
-            request_deserializer=req_cls.FromString,
+            _instrument(name, _parsing(fn, req_cls, max_request_bytes), metrics),
+            request_deserializer=None,
             response_serializer=resp_cls.SerializeToString,
         )
         for name, (fn, req_cls, resp_cls) in methods.items()
@@ -247,7 +272,9 @@ class RtmlServer:
         server = grpc.aio.server(
             maximum_concurrent_rpcs=opts.max_concurrent_rpcs,
             options=[
-                ("grpc.max_receive_message_length", opts.max_message_bytes),
+                # Twice our own limit: requests in between are refused by _parsing with
+                # INVALID_ARGUMENT and a message; only beyond this does grpc answer alone.
+                ("grpc.max_receive_message_length", 2 * opts.max_message_bytes),
                 ("grpc.max_send_message_length", opts.max_message_bytes),
                 # Two servers must not silently share one port by accident: fail to bind
                 # instead, unless they are workers of one `rtml serve --workers N`.
@@ -272,6 +299,7 @@ class RtmlServer:
                     "ModelInfer": (kserve.ModelInfer, kserve_pb.ModelInferRequest, kserve_pb.ModelInferResponse),
                 },
                 self.metrics,
+                opts.max_message_bytes,
             ),
         )
         # Any other inference.GRPCInferenceService method (Triton's extras): UNIMPLEMENTED.
@@ -284,6 +312,7 @@ class RtmlServer:
             _service_handler(
                 {"Predict": (predict.Predict, rtml_pb.PredictRequest, rtml_pb.PredictResponse)},
                 self.metrics,
+                opts.max_message_bytes,
             ),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -468,7 +497,8 @@ def _parser() -> argparse.ArgumentParser:
         help="online feature store for Predict feature bindings (e.g. redis://localhost:6379/0); "
         "without it, bound models answer with defaults (fail-open) or UNAVAILABLE (fail-closed)",
     )
-    p.add_argument("--redis-key-prefix", default="rtml", help="Redis key prefix of the feature hashes (default rtml)")
+    p.add_argument("--redis-key-prefix", default=None,
+                   help="Redis key prefix of the feature hashes (default: redis.key_prefix of the rtml config)")
     p.add_argument(
         "--feature-specs", default=None,
         help="feature views YAML the bindings refer to (default: the packaged engine/defaults/features.yaml)",
@@ -488,6 +518,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for workers
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
+
+
+def _with_config_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Unset store flags come from the rtml configuration (RTML_CONFIG file, RTML_* variables)."""
+    from engine.config import load_config
+
+    cfg = load_config()
+    if args.redis_url is None:
+        args.redis_url = cfg.redis.url
+    if args.redis_key_prefix is None:
+        args.redis_key_prefix = cfg.redis.key_prefix
+    if args.feature_specs is None:
+        args.feature_specs = cfg.pipeline.feature_specs
+    if args.kafka_bootstrap is None:
+        args.kafka_bootstrap = cfg.kafka.bootstrap
+    return args
 
 
 def _run_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -530,7 +576,8 @@ def _run_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 continue
         if not stopping:  # one worker died on its own: take the others down too
             forward(signal.SIGTERM, None)
-    return max(codes, key=abs) if codes else 0
+    # A worker killed by a signal reports a negative code: any failure exits 1.
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -580,7 +627,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     repository or a port cannot be used.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _with_config_defaults(_parser().parse_args(argv))
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

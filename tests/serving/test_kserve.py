@@ -383,6 +383,12 @@ def test_oversize_message_is_refused_and_server_survives(client: "tc.InferenceSe
     big = _input("input", np.zeros((rows, 64), np.float32), "FP32")
     with pytest.raises(InferenceServerException) as exc:
         client.infer("mlp", [big])
+    assert _status(exc) == "StatusCode.INVALID_ARGUMENT"
+    assert "limit is 2,097,152 bytes" in exc.value.message()
+    # Far beyond the limit grpc itself refuses the message before it reaches Python.
+    huge = _input("input", np.zeros((3 * rows, 64), np.float32), "FP32")
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("mlp", [huge])
     assert _status(exc) == "StatusCode.RESOURCE_EXHAUSTED"
     assert client.is_server_live()
     small = client.infer("mlp", [_input("input", np.zeros((1, 64), np.float32), "FP32")])
@@ -440,3 +446,15 @@ def test_triton_request_parameters(client: "tc.InferenceServerClient") -> None:
     with pytest.raises(InferenceServerException) as exc:
         client.infer("mlp", [x], sequence_id=42, sequence_start=True)
     assert _status(exc) == "StatusCode.INVALID_ARGUMENT" and "sequence" in exc.value.message()
+
+
+def test_undecodable_request_bytes_are_invalid_argument(server: BackgroundServer) -> None:
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as exc:
+            call(b"\xff\xff\xff\xff", timeout=5)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inference.ModelInferRequest" in exc.value.details()

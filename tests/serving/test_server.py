@@ -162,7 +162,7 @@ def test_predict_model_without_batch_axis(channel: grpc.Channel) -> None:
         (
             lambda r: r.instances.add(entity_ids={"user_id": "u1"}),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "missing input 'input' (entity-id feature lookup is not configured yet)",
+            "missing input 'input' (this model has no feature bindings, so entity ids do not fill inputs)",
         ),
         (
             lambda r: r.instances.add(tensors={"input": rtml_pb.FloatVector(values=[1.0] * 63)}),
@@ -250,7 +250,7 @@ def test_unexpected_errors_become_internal_and_the_server_carries_on() -> None:
             name: (fn, pb.ServerLiveRequest, pb.ServerLiveResponse)
             for name, fn in (("ServerLive", fine), ("ServerReady", boom), ("ModelReady", invalid))
         }
-        _add_service(server, "inference.GRPCInferenceService", _service_handler(methods, metrics))
+        _add_service(server, "inference.GRPCInferenceService", _service_handler(methods, metrics, 1 << 20))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
