@@ -131,6 +131,16 @@ class ViewProgram:
     @staticmethod
     def _predicate(where: tuple[tuple[str, tuple[Any, ...]], ...]) -> Callable[[Mapping[str, Any]], bool]:
         checks = [(field_getter(name), frozenset(values)) for name, values in where]
+        if len(checks) == 1:  # one field, the usual event_type filter
+            get_one, allowed_one = checks[0]
+
+            def passes_one(event: Mapping[str, Any]) -> bool:
+                try:
+                    return get_one(event) in allowed_one
+                except TypeError:  # unhashable value never matches
+                    return False
+
+            return passes_one
 
         def passes(event: Mapping[str, Any]) -> bool:
             for get, allowed in checks:
@@ -148,6 +158,8 @@ class ViewProgram:
         where_slot = self._where_slots.get(m.where) if m.where else None
         get = field_getter(m.field) if m.field else None
 
+        numeric = m.kind in (SUM, NUM, MIN, MAX, LAST)
+
         def extract(event: Mapping[str, Any], passed: list[bool]) -> Any:
             if where_slot is not None and not passed[where_slot]:
                 return None
@@ -156,7 +168,7 @@ class ViewProgram:
             value = get(event)
             if value is None:
                 return None
-            if m.kind in (SUM, NUM, MIN, MAX, LAST):
+            if numeric:
                 return value if _is_number(value) else None
             return str(value)  # HLL and LAST_STR hash / keep the text form
 
@@ -167,6 +179,9 @@ class ViewProgram:
 
         Composite keys join the fields with ``|``; ``%`` and ``|`` inside values are escaped.
         """
+        if len(self._entity_getters) == 1:  # the common case, on the hot path
+            value = self._entity_getters[0](event)
+            return None if value is None or value == "" else str(value)
         parts = []
         for get in self._entity_getters:
             value = get(event)
@@ -184,7 +199,7 @@ class ViewProgram:
     def inputs(self, event: Mapping[str, Any]) -> tuple[Any, ...]:
         """Per-measure inputs of one event (None where the measure skips it)."""
         passed = [pred(event) for pred in self._where_preds]
-        return tuple(fn(event, passed) for fn in self._inputs)
+        return tuple([fn(event, passed) for fn in self._inputs])
 
     # -- partials -----------------------------------------------------------
     def new_partial(self) -> list[Any]:
