@@ -27,6 +27,22 @@ def init_recovery(directory: str | Path, partitions: int) -> None:
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
 
 
+def _worker_ports(cfg: RtmlConfig, n: int) -> list[int]:
+    """Free ports for the processes to talk to each other, never a metrics port.
+
+    A free port is only free until someone binds it: the metrics ports are bound later by
+    the processes themselves, so they are excluded explicitly (a collision made a metrics
+    scrape land on a Bytewax socket).
+    """
+    reserved = {cfg.metrics.port + i for i in range(n)} | {cfg.metrics.supervisor_port}
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in reserved and port not in ports:
+            ports.append(port)
+    return ports
+
+
 def dataflow_specs(cfg: RtmlConfig, flow: str = FEATURES_FLOW, name: str = "features") -> list[ProcessSpec]:
     """Process specs for one dataflow job, with recovery when configured."""
     p = cfg.pipeline
@@ -36,7 +52,7 @@ def dataflow_specs(cfg: RtmlConfig, flow: str = FEATURES_FLOW, name: str = "feat
         recovery = Path(p.recovery_dir) / name
         init_recovery(recovery, n)
         base += ["-r", str(recovery), "-s", str(p.snapshot_interval_s), "-b", "0"]
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(n)) if n > 1 else ""
+    addresses = ";".join(f"127.0.0.1:{port}" for port in _worker_ports(cfg, n)) if n > 1 else ""
     env = to_env(cfg)
     specs = []
     for i in range(n):
