@@ -36,7 +36,7 @@ def run_backfill(
     cfg.pipeline.idle_advance = False
     metrics = metrics or PipelineMetrics()
     ensure_topics(cfg.kafka.bootstrap or "", [backfill_dlq_topic(cfg)], partitions=1)
-    source = FileBatchSource(paths, batch_size=cfg.kafka.consume_batch_size)
+    source = FileBatchSource(paths, batch_size=cfg.kafka.consume_batch_size, metrics=metrics)
     flow = build_features_flow(cfg, views, source, metrics=metrics, dlq_topic=backfill_dlq_topic(cfg), run_id="backfill")
     run_main(flow)
     return metrics

@@ -75,6 +75,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if out:
             self._offset = out[-1][0] + 1
             if self._metrics is not None:
+                self._metrics.events_in.labels(self._topic).inc(len(out))
                 self._metrics.input_position.labels(*self._labels).set(self._offset)
         if self._metrics is not None and now >= self._next_lag_check:
             self._next_lag_check = now + 1.0
@@ -158,7 +159,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, path: Path, start: int, batch_size: int) -> None:
+    def __init__(self, path: Path, start: int, batch_size: int, metrics: PipelineMetrics | None) -> None:
+        self._metrics = metrics
         self._path = path
         self._lines = _read_events(path)
         self._pos = start
@@ -170,6 +172,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         chunk = self._lines[self._pos : self._pos + self._batch_size]
         batch = RawBatch(str(self._path), 0, [(self._pos + i, line, None) for i, line in enumerate(chunk)])
         self._pos += len(chunk)
+        if self._metrics is not None:
+            self._metrics.events_in.labels(batch.topic).inc(len(chunk))
         return [batch]
 
     def snapshot(self) -> int:
@@ -199,9 +203,15 @@ def _drop_struct_nulls(row: dict[str, Any]) -> dict[str, Any]:
 class FileBatchSource(FixedPartitionedSource[RawBatch, int]):
     """Events from JSONL / Parquet files for backfill: one partition per file, read in order."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 5000) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        batch_size: int = 5000,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size
+        self.metrics = metrics
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in self.paths]
@@ -211,4 +221,4 @@ class FileBatchSource(FixedPartitionedSource[RawBatch, int]):
         return [(str(p), 0) for p in self.paths]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        return _FilePartition(Path(for_part), resume_state or 0, self.batch_size)
+        return _FilePartition(Path(for_part), resume_state or 0, self.batch_size, self.metrics)

@@ -46,7 +46,6 @@ def validate_batch(
         else:
             out.events.append((result, (topic, partition, offset, raw, tuple(headers or ()))))  # type: ignore[arg-type]
     if metrics is not None:
-        metrics.events_in.labels(topic).inc(len(batch.messages))
         metrics.events_valid.labels(topic).inc(len(out.events))
         for dl in out.dead:
             metrics.events_invalid.labels(topic, dl.reason).inc()
