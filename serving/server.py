@@ -598,18 +598,16 @@ async def _serve(args: argparse.Namespace) -> int:
         kafka_bootstrap=args.kafka_bootstrap,
         predictions_topic=args.predictions_topic,
     )
-    await manager.start()
-    server = RtmlServer(manager, options)
-    try:
-        await server.start()
-    except Exception:
-        await manager.stop()
-        raise
+    # Signals are taken from the start: a SIGINT while models load or the port binds must
+    # still end in a clean shutdown (exit 0), not a KeyboardInterrupt mid-start.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = RtmlServer(manager, options)
     try:
+        await manager.start()
+        await server.start()
         await stop.wait()
         log.info("shutting down (grace %.1f s)", args.grace)
     finally:
@@ -636,6 +634,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         return _run_workers(args, argv)
     try:
         return asyncio.run(_serve(args))
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was installed: still a stop
+        return 0
     except OSError as exc:
         log.error("rtml serve: %s", exc)
         return 2

@@ -475,7 +475,12 @@ def test_workers_share_the_port_and_stop_on_sigint(tmp_path) -> None:
                 assert ready.ready
             import psutil
 
-            pids = {c.pid for c in psutil.Process(proc.pid).children() if c.is_running()}
+            # Both workers must be listening (not just started) before the signal is sent.
+            pids = {
+                c.pid for c in psutil.Process(proc.pid).children()
+                if any(conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+                       for conn in c.net_connections(kind="tcp"))
+            }
         assert len(pids) == 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
