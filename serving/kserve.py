@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from importlib import metadata as _metadata
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import grpc
 import numpy as np
@@ -147,8 +147,12 @@ class KServeServicer:
         server_name: str = "rtml",
         server_version: str | None = None,
         extensions: Sequence[str] = (),
+        default_model: Callable[[str], Any] | None = None,
     ) -> None:
         self._manager = manager
+        # Which version an unpinned ModelInfer gets: the routing primary (so a canary or
+        # shadow version is never hit by plain KServe clients), else the latest ready one.
+        self._default_model = default_model or (lambda name: manager.get(name, None))
         # Replies that never change are built once and returned as they are: grpc only
         # serialises them, it never mutates them.
         self._live = pb.ServerLiveResponse(live=True)
@@ -204,7 +208,7 @@ class KServeServicer:
     def _view(self, name: str, version: str) -> _ModelView:
         if not name:
             raise InvalidInput("ModelInfer needs a model_name")
-        model = self._manager.get(name, version or None)
+        model = self._manager.get(name, version) if version else self._default_model(name)
         key = (name, version)
         view = self._views.get(key)
         if view is None or view.model is not model:

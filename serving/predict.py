@@ -532,6 +532,17 @@ class PredictPipeline:
         self.metrics.routing.labels(name, variant, model.version).inc()
         return model, variant, router.shadow_version
 
+    def default_model(self, name: str) -> Any:
+        """The version an unpinned request gets without entity routing (KServe ModelInfer too):
+        the model's routing primary, else the latest ready version."""
+        latest = self.manager.get(name)
+        if latest.config.routing is None:
+            return latest
+        state = self._routes.get(latest)
+        if state is None:
+            state = self._routes[latest] = _RouteState(Router(name, latest.config.routing))
+        return self._primary(name, latest, state)
+
     def _primary(self, name: str, latest: Any, state: _RouteState) -> Any:
         now = time.monotonic()
         if state.primary is None or now - state.primary_at > _PRIMARY_REFRESH_S:

@@ -281,7 +281,8 @@ class RtmlServer:
                 ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
             ]
         )
-        kserve = KServeServicer(self.manager)
+        assert self.pipeline is not None
+        kserve = KServeServicer(self.manager, default_model=self.pipeline.default_model)
         _add_service(
             server,
             KSERVE_SERVICE,

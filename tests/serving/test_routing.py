@@ -279,3 +279,23 @@ def test_shadow_backlog_is_bounded(repo: Path) -> None:
 
     skipped, ok = asyncio.run(scenario())
     assert skipped >= 1 and skipped + ok == 10
+
+
+def test_plain_kserve_infer_gets_the_primary_not_the_canary(repo: Path) -> None:
+    """KServe clients without a version must not land on a version reserved for the canary."""
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    from serving.manager import ModelManager
+    from serving.server import BackgroundServer, ServerOptions
+
+    _versions(repo, {"routing": {"canary": {"version": 2, "percent": 30}}})
+    options = ServerOptions(grpc_port=0, metrics_port=None)
+    with BackgroundServer(lambda: ModelManager(repo, poll_interval_s=0, providers=["CPUExecutionProvider"]),
+                          options) as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        x = tc.InferInput("features", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), np.float32))
+        result = client.infer("ranker", [x])
+        assert result.get_response().model_version == "1"
+        assert client.infer("ranker", [x], model_version="2").get_response().model_version == "2"
