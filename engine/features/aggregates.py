@@ -50,7 +50,8 @@ def field_getter(path: str) -> Getter:
         return get_context
 
     def get_top(event: Any) -> Any:
-        return event.get(path) if isinstance(event, dict) else getattr(event, path, None)
+        # A dict is checked first: its own attributes (keys, items, ...) must never read as fields.
+        return event.get(path) if event.__class__ is dict else getattr(event, path, None)
 
     return get_top
 
@@ -107,6 +108,13 @@ class ViewProgram:
         wheres = sorted({m.where for m in self.measures if m.where})
         self._where_slots = {w: i for i, w in enumerate(wheres)}
         self._where_preds = [self._predicate(w) for w in wheres]
+        # Filters on one field each (the usual event_type filters) read each field once per event.
+        self._where_fields: list[Getter] = []
+        self._where_checks: list[tuple[int, frozenset[Any]]] | None = None
+        if wheres and all(len(w) == 1 for w in wheres):
+            fields = sorted({w[0][0] for w in wheres})
+            self._where_fields = [field_getter(f) for f in fields]
+            self._where_checks = [(fields.index(w[0][0]), frozenset(w[0][1])) for w in wheres]
         self._inputs = [self._input_fn(m) for m in self.measures]
         self._kinds = tuple(m.kind for m in self.measures)
         self._window_columns = {
@@ -198,7 +206,15 @@ class ViewProgram:
 
     def inputs(self, event: Mapping[str, Any]) -> tuple[Any, ...]:
         """Per-measure inputs of one event (None where the measure skips it)."""
-        passed = [pred(event) for pred in self._where_preds]
+        checks = self._where_checks
+        if checks is not None:
+            values = [get(event) for get in self._where_fields]
+            try:
+                passed = [values[i] in allowed for i, allowed in checks]
+            except TypeError:  # an unhashable value (never after validation): the slow path decides
+                passed = [pred(event) for pred in self._where_preds]
+        else:
+            passed = [pred(event) for pred in self._where_preds]
         return tuple([fn(event, passed) for fn in self._inputs])
 
     # -- partials -----------------------------------------------------------
