@@ -43,7 +43,7 @@ def _progress_line(cfg: RtmlConfig, elapsed: float) -> str:
     )
 
 
-def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1500.0) -> int:
+def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1000.0) -> int:
     """Run the tour; returns a process exit code (0 when every event was accounted for)."""
     cfg = cfg.model_copy(deep=True)
     run_dir = Path(cfg.data_dir) / f"demo-{int(time.time())}"
@@ -51,7 +51,7 @@ def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1500.0) ->
     cfg.pipeline.offline_dir = str(run_dir / "offline")
     cfg.pipeline.recovery_dir = str(run_dir / "recovery")
     # A short lateness lets the 1-minute windows close within the tour.
-    cfg.pipeline.allowed_lateness_ms = min(cfg.pipeline.allowed_lateness_ms, 10_000)
+    cfg.pipeline.allowed_lateness_ms = min(cfg.pipeline.allowed_lateness_ms, 5_000)
     if cfg.metrics.port:
         cfg.metrics.port = free_port()
     with LocalStack(cfg) as stack:
