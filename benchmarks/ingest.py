@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
 from engine.config import KafkaConfig, PipelineConfig, RtmlConfig, load_config
