@@ -96,8 +96,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
 
     def _emit(self, now: float, late: list[Origin], accepted: int) -> ShardOutput:
         out = ShardOutput(self._view, late=late, accepted=accepted)
+        self.shard.expire(now)  # idle time may have slid tiles out since the last call
         if self.shard.has_dirty and now - self._last_flush >= self._flush_gap:
-            self.shard.expire(now)  # idle time may have slid tiles out since the last batch
             started = time.perf_counter()
             out.running = self.shard.running(self.shard.take_dirty(), now)
             cost = time.perf_counter() - started
@@ -121,8 +121,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         if self._shard is None:
             return [], False
         now = self.clock()
-        if self.settings.idle_advance:
-            self.shard.expire(now)
         out = self._emit(now, [], 0)
         if not (out.running or out.closed):
             return [], False

@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.features.spec import parse_duration_ms
 
@@ -69,6 +69,10 @@ def _version_text(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+# A version as written in config.yaml (YAML may read it as an int): non-empty text.
+VersionText = Annotated[str, BeforeValidator(_version_text), Field(min_length=1)]
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -181,37 +185,22 @@ class FeatureBindings(_Frozen):
 class ShadowRoute(_Frozen):
     """Score every routed request with ``version`` too, off the response path."""
 
-    version: str = Field(min_length=1)
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return _version_text(value)
+    version: VersionText
 
 
 class CanaryRoute(_Frozen):
     """Send ``percent`` % of entities (by a stable hash of ``entity_ids[key]``) to ``version``."""
 
-    version: str = Field(min_length=1)
+    version: VersionText
     percent: float = Field(ge=0, le=100)
     key: str = "user_id"
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return _version_text(value)
 
 
 class AbVariant(_Frozen):
     """One arm of an A/B test: its version and relative weight."""
 
-    version: str = Field(min_length=1)
+    version: VersionText
     weight: float = Field(gt=0)
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return _version_text(value)
 
 
 class AbRoute(_Frozen):
@@ -240,15 +229,10 @@ class Routing(_Frozen):
     ``canary``, the A/B arm's name, ``shadow``.
     """
 
-    primary: str | None = None
+    primary: Annotated[str | None, BeforeValidator(_version_text)] = None
     shadow: ShadowRoute | None = None
     canary: CanaryRoute | None = None
     ab: AbRoute | None = None
-
-    @field_validator("primary", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return _version_text(value)
 
     @model_validator(mode="after")
     def _one_split(self) -> "Routing":

@@ -45,7 +45,7 @@ import datasketches
 import numpy as np
 from scipy import stats
 
-from engine.drift.binning import Binning, histogram, quantile_binning
+from engine.drift.binning import Binning, _finite_1d, histogram, quantile_binning
 
 __all__ = [
     "DriftResult",
@@ -97,17 +97,25 @@ class DriftResult:
         return asdict(self)
 
 
-def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
+def _binned_result(
+    statistic: str, value: float, threshold: float, b: Binning, ref: np.ndarray, cur: np.ndarray
+) -> DriftResult:
+    """The result of a statistic over binned distributions (drifted when value >= threshold)."""
+    return DriftResult(
+        statistic=statistic,
+        value=value,
+        threshold=threshold,
+        drifted=bool(value >= threshold),
+        binning=b.to_dict(),
+        epsilon=b.epsilon,
+        ks_method=None,
+        n_reference=int(ref.size),
+        n_current=int(cur.size),
+    )
 
 
 def _binned(reference: ArrayLike, current: ArrayLike, binning: Binning | None):
-    ref, cur = _as_1d(reference, "reference"), _as_1d(current, "current")
+    ref, cur = _finite_1d(reference, "reference"), _finite_1d(current, "current")
     b = binning if binning is not None else quantile_binning(ref)
     return ref, cur, b, histogram(ref, b), histogram(cur, b)
 
@@ -125,17 +133,7 @@ def psi(
     """
     ref, cur, b, p, q = _binned(reference, current, binning)
     value = float(np.sum((q - p) * np.log(q / p)))
-    return DriftResult(
-        statistic="psi",
-        value=value,
-        threshold=threshold,
-        drifted=bool(value >= threshold),
-        binning=b.to_dict(),
-        epsilon=b.epsilon,
-        ks_method=None,
-        n_reference=int(ref.size),
-        n_current=int(cur.size),
-    )
+    return _binned_result("psi", value, threshold, b, ref, cur)
 
 
 def js_distance(
@@ -156,17 +154,7 @@ def js_distance(
         kl_qm = np.where(q > 0, q * np.log(q / m), 0.0)
     divergence = max(0.5 * float(np.sum(kl_pm) + np.sum(kl_qm)), 0.0)
     value = float(np.sqrt(divergence))
-    return DriftResult(
-        statistic="js_distance",
-        value=value,
-        threshold=threshold,
-        drifted=bool(value >= threshold),
-        binning=b.to_dict(),
-        epsilon=b.epsilon,
-        ks_method=None,
-        n_reference=int(ref.size),
-        n_current=int(cur.size),
-    )
+    return _binned_result("js_distance", value, threshold, b, ref, cur)
 
 
 def ks_exact(reference: ArrayLike, current: ArrayLike, threshold: float = 0.05) -> DriftResult:
@@ -178,7 +166,7 @@ def ks_exact(reference: ArrayLike, current: ArrayLike, threshold: float = 0.05) 
     >>> r.ks_statistic, round(r.value, 3), r.drifted
     (1.0, 0.1, False)
     """
-    ref, cur = _as_1d(reference, "reference"), _as_1d(current, "current")
+    ref, cur = _finite_1d(reference, "reference"), _finite_1d(current, "current")
     res = stats.ks_2samp(ref, cur, alternative="two-sided", method="auto")
     p = float(res.pvalue)
     return DriftResult(
@@ -207,7 +195,7 @@ def kll_sketch(values: ArrayLike | None = None, k: int = 200, doubles: bool = Tr
     """
     sk = datasketches.kll_doubles_sketch(k) if doubles else datasketches.kll_floats_sketch(k)
     if values is not None:
-        arr = _as_1d(values, "values")
+        arr = _finite_1d(values, "values")
         sk.update(arr if doubles else arr.astype(np.float32))
     return sk
 

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 # Tansu colours its tracing output; escape codes make error messages unreadable.
@@ -40,6 +41,19 @@ def read_from(path: Path, offset: int) -> str:
             return strip_ansi(fh.read().decode("utf-8", errors="replace"))
     except OSError:
         return ""
+
+
+def working_dir(given: Path | None, owned: Path | None, prefix: str) -> tuple[Path, Path | None]:
+    """The directory a service works in: ``given`` (created if missing), else a temp dir.
+
+    Returns ``(directory, owned temp dir or None)``; the caller removes what it owns.
+    """
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        return given, owned
+    if owned is None:
+        owned = Path(tempfile.mkdtemp(prefix=prefix))
+    return owned, owned
 
 
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

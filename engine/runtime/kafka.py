@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -197,12 +196,8 @@ class EmbeddedKafka:
     # -- internals --------------------------------------------------------------------
 
     def _ensure_log_dir(self) -> Path:
-        if self._log_dir_arg is not None:
-            self._log_dir_arg.mkdir(parents=True, exist_ok=True)
-            return self._log_dir_arg
-        if self._own_dir is None:
-            self._own_dir = Path(tempfile.mkdtemp(prefix="rtml-kafka-"))
-        return self._own_dir
+        path, self._own_dir = _proc.working_dir(self._log_dir_arg, self._own_dir, "rtml-kafka-")
+        return path
 
     def _try_start(self, binary: Path, port: int, deadline: float) -> tuple[bool, str]:
         """One launch on ``port``. Returns (ready, reason); reason ``"bind"`` means retry."""

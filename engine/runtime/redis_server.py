@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -175,12 +174,8 @@ class EmbeddedRedis:
     # -- internals --------------------------------------------------------------------
 
     def _ensure_dir(self) -> Path:
-        if self._data_dir_arg is not None:
-            self._data_dir_arg.mkdir(parents=True, exist_ok=True)
-            return self._data_dir_arg
-        if self._own_dir is None:
-            self._own_dir = Path(tempfile.mkdtemp(prefix="rtml-redis-"))
-        return self._own_dir
+        path, self._own_dir = _proc.working_dir(self._data_dir_arg, self._own_dir, "rtml-redis-")
+        return path
 
     def _try_start(self, binary: Path, port: int, deadline: float) -> tuple[bool, str]:
         assert self._dir is not None
