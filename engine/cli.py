@@ -58,11 +58,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def _publish_alert(bootstrap: str, topic: str, payload: dict) -> None:
-    from confluent_kafka import Producer
+    from engine.alerts import AlertPublisher
 
-    producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topic, orjson.dumps(payload))
-    producer.flush(5)
+    publisher = AlertPublisher(bootstrap, topic)
+    publisher.publish(payload)
+    publisher.flush(5)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

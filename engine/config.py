@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -92,6 +92,60 @@ class MetricsConfig(_Section):
     supervisor_port: int = Field(9399, ge=0, le=65535)  # ``rtml up``'s own metrics; 0 disables
 
 
+class LearningConfig(_Section):
+    """The learning dataflow: label join, online learners, snapshots (docs/learning.md)."""
+
+    predictions_topic: str = "predictions"
+    metrics_topic: str = "metrics"  # progressive-validation reports, one JSON per learner report
+    # Labels that cannot join (after their window, duplicates, unknown request) go here, with a reason.
+    unjoined_topic: str = "labels.unjoined"
+    # A prediction waits this long (event time) for its label; a label later than this is late.
+    label_window_ms: int = Field(30_000, ge=1)
+    # Join watermark = slowest source partition's max event time - this.
+    out_of_orderness_ms: int = Field(2_000, ge=0)
+    # A source partition silent this long stops holding the join watermark back.
+    source_idle_ms: int = Field(10_000, ge=0)
+    unlabeled: Literal["negative", "drop"] = "negative"  # a window closing without a label
+    # Interaction types that label a prediction 1.0 when they carry its request_id (comma-separated).
+    implicit_labels: str = "click"
+    join_shards: int = Field(4, ge=1)
+    learners: str | None = None  # YAML of learner specs; None: the packaged defaults
+    bandits: str | None = None  # YAML of bandit specs (served by Choose, rewarded here); None: none
+    model_repository: str | None = None  # where snapshots are published; None: <data_dir>/models
+    # HMAC-SHA256 key for snapshot manifests; serving refuses unsigned snapshots when set.
+    snapshot_key: str | None = None
+    snapshot_every_examples: int = Field(5_000, ge=1)
+    snapshot_every_s: float = Field(30.0, gt=0)
+    keep_snapshots: int = Field(5, ge=1)
+    report_every_examples: int = Field(1_000, ge=1)
+    auc_window: int = Field(5_000, ge=10)  # rolling window of the progressive metrics
+    recovery: bool = True
+    recovery_dir: str | None = None  # None: <data_dir>/recovery-learning
+
+
+class DriftConfig(_Section):
+    """In-stream drift detection (dataflows/drift.py) and what an alert triggers."""
+
+    window_ms: int = Field(60_000, ge=1)  # tumbling event-time window compared to the reference
+    # Reference distribution: Parquet/JSONL of feature rows (training data); None pins the first
+    # full window seen per model.
+    reference: str | None = None
+    min_samples: int = Field(200, ge=2)  # windows smaller than this are not tested
+    binning: Literal["quantile", "uniform", "evidently"] = "quantile"
+    n_bins: int = Field(10, ge=2)
+    epsilon: float = Field(1e-4, gt=0)  # fills empty bins (Evidently's value)
+    psi_threshold: float = Field(0.2, gt=0)
+    js_threshold: float = Field(0.1, gt=0)
+    ks_p_value: float = Field(0.01, gt=0, lt=1)
+    ks_method: Literal["exact", "kll"] = "exact"
+    max_window_samples: int = Field(50_000, ge=10)  # per feature; beyond it a uniform reservoir
+    # Concept drift (the learning dataflow's error stream): detector and reaction.
+    detector: Literal["hddm_a", "ddm", "adwin"] = "hddm_a"
+    on_concept_drift: Literal["alert", "reset", "retrain"] = "alert"
+    # "module:function" called with every alert (the retraining hook); None: alerts only.
+    retrain_hook: str | None = None
+
+
 class RtmlConfig(_Section):
     """The whole configuration."""
 
@@ -100,6 +154,8 @@ class RtmlConfig(_Section):
     pipeline: PipelineConfig = PipelineConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig = MetricsConfig()
+    learning: LearningConfig = LearningConfig()
+    drift: DriftConfig = DriftConfig()
     data_dir: str = ".rtml"
 
     @model_validator(mode="after")
@@ -109,6 +165,10 @@ class RtmlConfig(_Section):
             self.pipeline.offline_dir = str(Path(self.data_dir) / "offline")
         if self.pipeline.recovery_dir is None:
             self.pipeline.recovery_dir = str(Path(self.data_dir) / "recovery")
+        if self.learning.model_repository is None:
+            self.learning.model_repository = str(Path(self.data_dir) / "models")
+        if self.learning.recovery_dir is None:
+            self.learning.recovery_dir = str(Path(self.data_dir) / "recovery-learning")
         return self
 
 

@@ -60,9 +60,10 @@ class LocalStack:
     def topics(self) -> list[str]:
         """The input/output topics of the config followed by their dead-letter topics."""
         k = self._cfg.kafka
-        base = [k.events_topic, k.labels_topic, k.items_topic, k.alerts_topic]
+        learning = self._cfg.learning
+        base = [k.events_topic, k.labels_topic, k.items_topic, k.alerts_topic, learning.predictions_topic]
         suffix = self._cfg.pipeline.dlq_suffix
-        return base + [f"{t}{suffix}" for t in base]
+        return base + [f"{t}{suffix}" for t in base] + [learning.metrics_topic, learning.unjoined_topic]
 
     def start(self) -> "LocalStack":
         """Start whatever is not configured externally. Idempotent."""

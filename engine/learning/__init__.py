@@ -1,0 +1,1 @@
+"""Continuous learning: label join, online learners, progressive validation, snapshots."""
