@@ -66,7 +66,7 @@ def _publish_alert(bootstrap: str, topic: str, payload: dict) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from engine.runtime.jobs import dataflow_specs
+    from engine.runtime.jobs import JOBS, job_specs
     from engine.runtime.progress import pipeline_progress
     from engine.runtime.stack import LocalStack
     from engine.runtime.supervisor import Alert, Supervisor
@@ -83,7 +83,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stack.kafka is not None and cfg.pipeline.recovery:
             # The embedded broker keeps data in memory only: offsets saved by an earlier
             # run point into topics that no longer exist, so start from clean state.
-            shutil.rmtree(Path(cfg.pipeline.recovery_dir or ""), ignore_errors=True)
+            for directory in (cfg.pipeline.recovery_dir, cfg.learning.recovery_dir):
+                shutil.rmtree(Path(directory or ""), ignore_errors=True)
         print(f"kafka {cfg.kafka.bootstrap}  redis {cfg.redis.url}  metrics :{cfg.metrics.port}+", flush=True)
 
         def on_alert(alert: Alert) -> None:
@@ -92,8 +93,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "available": alert.available, "stalled_for_s": alert.stalled_for_s, "at": alert.at,
             })
 
+        jobs = [job for job in JOBS if job not in (args.without or [])]
+        specs = [spec for job in jobs for spec in job_specs(cfg, job)]
         supervisor = Supervisor(
-            dataflow_specs(cfg), cfg, log_dir=Path(cfg.data_dir) / "logs", echo=True,
+            specs, cfg, log_dir=Path(cfg.data_dir) / "logs", echo=True,
             progress=pipeline_progress(cfg), on_alert=on_alert,
         )
         if cfg.metrics.enabled and cfg.metrics.supervisor_port:
@@ -103,8 +106,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_dataflow(args: argparse.Namespace) -> int:
-    """Run one process of the features dataflow in the foreground (containers, manual scale-out)."""
-    from engine.runtime.jobs import dataflow_specs
+    """Run one process of a dataflow job in the foreground (containers, manual scale-out)."""
+    from engine.runtime.jobs import job_specs
 
     cfg = _config(args)
     if not cfg.kafka.bootstrap or not cfg.redis.url:
@@ -116,9 +119,28 @@ def cmd_dataflow(args: argparse.Namespace) -> int:
         print("rtml dataflow runs one process; use `rtml up --processes N` for a multi-process job",
               file=sys.stderr)
         return 2
-    [spec] = dataflow_specs(cfg)
+    [spec] = job_specs(cfg, args.job)
     os.execvpe(spec.argv[0], spec.argv, {**os.environ, **(spec.env or {})})
     return 0  # not reached
+
+
+def cmd_skew(args: argparse.Namespace) -> int:
+    """Compare features logged at serving time with the offline log, per feature."""
+    from engine.features.skew import skew_report
+
+    cfg = _config(args)
+    if args.predictions is None and not cfg.kafka.bootstrap:
+        print("rtml skew needs --predictions FILE or RTML_KAFKA_BOOTSTRAP (the predictions topic)", file=sys.stderr)
+        return 2
+    report = skew_report(
+        cfg, args.predictions, model=args.model, rel_tol=args.rel_tol, abs_tol=args.abs_tol,
+        include_shadow=args.include_shadow, since_ms=args.since_ms, until_ms=args.until_ms,
+    )
+    print(orjson.dumps(report.to_dict()).decode() if args.json else report.to_text())
+    overall = report.overall.mismatch_rate
+    if args.fail_above is not None and overall is not None and overall > args.fail_above:
+        return 1
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -192,11 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the stack and the dataflows under a supervisor until Ctrl-C")
     up.add_argument("--processes", type=int, help="features dataflow processes (pipeline.processes)")
     up.add_argument("--no-recovery", action="store_true", help="run without Bytewax recovery")
+    up.add_argument("--without", action="append", choices=["learning", "drift"],
+                    help="do not run this dataflow (repeatable; the features dataflow always runs)")
     up.set_defaults(fn=cmd_up)
 
-    flow = sub.add_parser("dataflow", help="run the features dataflow (one process, recovery as configured) "
+    flow = sub.add_parser("dataflow", help="run one process of a dataflow (recovery as configured) "
                                            "in the foreground, without a supervisor: for containers")
+    flow.add_argument("--job", choices=["features", "learning", "drift"], default="features")
     flow.set_defaults(fn=cmd_dataflow)
+
+    skew = sub.add_parser("skew", help="training-serving skew: served features vs the offline log, per feature")
+    skew.add_argument("--predictions", help="JSONL of prediction records (default: the predictions topic, "
+                                            "which needs RTML_KAFKA_BOOTSTRAP)")
+    skew.add_argument("--model", help="only this model's predictions")
+    skew.add_argument("--since-ms", type=int, help="only predictions at or after this time")
+    skew.add_argument("--until-ms", type=int, help="only predictions before this time")
+    skew.add_argument("--rel-tol", type=float, default=1e-6, help="relative tolerance of a match (default 1e-6)")
+    skew.add_argument("--abs-tol", type=float, default=1e-9, help="absolute tolerance of a match (default 1e-9)")
+    skew.add_argument("--include-shadow", action="store_true", help="also compare shadow predictions")
+    skew.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    skew.add_argument("--fail-above", type=float, help="exit 1 when the overall mismatch rate is above this")
+    skew.set_defaults(fn=cmd_skew)
 
     # `rtml serve ...` is dispatched to serving.server before parsing; listed here for --help.
     sub.add_parser("serve", help="serve ONNX models over gRPC (KServe v2 + rtml.v1); see `rtml serve -h`")

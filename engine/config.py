@@ -90,6 +90,8 @@ class MetricsConfig(_Section):
     enabled: bool = True
     port: int = Field(9400, ge=0, le=65535)
     supervisor_port: int = Field(9399, ge=0, le=65535)  # ``rtml up``'s own metrics; 0 disables
+    learning_port: int = Field(9410, ge=0, le=65535)  # the learning dataflow; 0 disables
+    drift_port: int = Field(9420, ge=0, le=65535)  # the drift dataflow; 0 disables
 
 
 class LearningConfig(_Section):
@@ -141,7 +143,7 @@ class DriftConfig(_Section):
     max_window_samples: int = Field(50_000, ge=10)  # per feature; beyond it a uniform reservoir
     # Concept drift (the learning dataflow's error stream): detector and reaction.
     detector: Literal["hddm_a", "ddm", "adwin"] = "hddm_a"
-    on_concept_drift: Literal["alert", "reset", "retrain"] = "alert"
+    on_concept_drift: Literal["alert", "reset"] = "alert"  # reset: the learner also starts afresh
     # "module:function" called with every alert (the retraining hook); None: alerts only.
     retrain_hook: str | None = None
 

@@ -1,4 +1,5 @@
-"""Idempotent sinks of the features dataflow: Redis (online), Parquet (offline), DLQ (Kafka)."""
+"""Sinks: Redis (online) and Parquet (offline) features; dead letters, alerts and JSON records
+(Kafka); bandit rewards (Redis)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import logging
 import time
 from typing import Sequence
 
+import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
+from engine.alerts import AlertHook, AlertPublisher, DriftAlert, load_hook
 from engine.events.dlq import DeadLetter, dlq_topic
 from engine.features.offline import OfflineLogWriter
 from engine.features.online import OnlineStore
 from engine.features.spec import FeatureView
-from engine.metrics import PipelineMetrics
+from engine.metrics import LearningMetrics, PipelineMetrics, SourceMetrics
+from engine.bandits.rewards import BanditRewarder
+from engine.bandits.spec import BanditSpec
+from engine.learning.records import JoinedExample
 from operators.aggregate import ShardOutput
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,7 @@ class OfflineLogSink(DynamicSink[ShardOutput]):
 
 
 class _DlqPartition(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, bootstrap: str, suffix: str, metrics: PipelineMetrics | None, fixed_topic: str | None):
+    def __init__(self, bootstrap: str, suffix: str, metrics: SourceMetrics | None, fixed_topic: str | None):
         self._fixed_topic = fixed_topic
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False})
         self._suffix = suffix
@@ -136,10 +142,97 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
         self,
         bootstrap: str,
         suffix: str = ".dlq",
-        metrics: PipelineMetrics | None = None,
+        metrics: SourceMetrics | None = None,
         fixed_topic: str | None = None,
     ):
         self.bootstrap, self.suffix, self.metrics, self.fixed_topic = bootstrap, suffix, metrics, fixed_topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DlqPartition:
         return _DlqPartition(self.bootstrap, self.suffix, self.metrics, self.fixed_topic)
+
+
+class _AlertPartition(StatelessSinkPartition[DriftAlert]):
+    def __init__(self, bootstrap: str | None, topic: str, hook: AlertHook | None):
+        self._publisher = AlertPublisher(bootstrap, topic, hook)
+
+    def write_batch(self, items: list[DriftAlert]) -> None:
+        for alert in items:
+            self._publisher.publish(alert)
+        # Alerts must not vanish: wait for delivery before the batch counts as done.
+        remaining = self._publisher.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} alerts not delivered to Kafka within 30 s")
+
+    def close(self) -> None:
+        self._publisher.flush(30)
+
+
+class AlertSink(DynamicSink[DriftAlert]):
+    """Publishes drift alerts to the alerts topic (JSON, keyed by model) and calls the hook.
+
+    ``hook`` is a ``"module:function"`` spec (:func:`engine.alerts.load_hook`), imported in
+    each worker; ``bootstrap=None`` only calls the hook.
+    """
+
+    def __init__(self, bootstrap: str | None, topic: str, hook: str | None = None):
+        self.bootstrap, self.topic, self.hook = bootstrap, topic, hook
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertPartition:
+        return _AlertPartition(self.bootstrap, self.topic, load_hook(self.hook))
+
+
+class _JsonPartition(StatelessSinkPartition[tuple[str | None, dict]]):
+    def __init__(self, bootstrap: str, topic: str):
+        self._topic = topic
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+
+    def write_batch(self, items: list[tuple[str | None, dict]]) -> None:
+        for key, payload in items:
+            self._producer.produce(self._topic, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), key=key)
+        self._producer.poll(0)
+        remaining = self._producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} messages not delivered to {self._topic} within 30 s")
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+class KafkaJsonSink(DynamicSink[tuple[str | None, dict]]):
+    """Publishes ``(key, payload)`` items as JSON to one topic, delivered before the batch ends."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap, self.topic = bootstrap, topic
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonPartition:
+        return _JsonPartition(self.bootstrap, self.topic)
+
+
+class _RewardPartition(StatelessSinkPartition[JoinedExample]):
+    def __init__(self, sink: "BanditRewardSink"):
+        self._rewarder = BanditRewarder(redis.Redis.from_url(sink.url), sink.specs, sink.prefix)
+        self._metrics = sink.metrics
+
+    def write_batch(self, items: list[JoinedExample]) -> None:
+        delay = 0.1
+        while True:  # the batch is applied all-or-nothing (one MULTI/EXEC), so a retry is safe
+            try:
+                counts = self._rewarder.apply(items)
+                break
+            except redis.RedisError as exc:
+                log.warning("bandit rewards not applied (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self._metrics is not None:
+            for bandit, n in counts.items():
+                self._metrics.bandit_rewards.labels(bandit).inc(n)
+
+
+class BanditRewardSink(DynamicSink[JoinedExample]):
+    """Applies joined bandit decisions as rewards to the bandits' shared Redis state."""
+
+    def __init__(self, url: str, specs: Sequence[BanditSpec], prefix: str, metrics: LearningMetrics | None = None):
+        self.url, self.specs, self.prefix, self.metrics = url, list(specs), prefix, metrics
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RewardPartition:
+        return _RewardPartition(self)

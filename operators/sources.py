@@ -20,7 +20,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from engine.metrics import PipelineMetrics
+from engine.metrics import SourceMetrics
 
 # (offset, value, headers or None)
 RawMessage = tuple[int, bytes | None, list[tuple[str, bytes]] | None]
@@ -43,12 +43,17 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         partition: int,
         offset: int,
         batch_size: int,
-        metrics: PipelineMetrics | None,
+        metrics: SourceMetrics | None,
+        bounded: bool = False,
     ) -> None:
         self._consumer = Consumer(config)
         # assign(), not subscribe(): offsets live in Bytewax snapshots, and group joins are
         # slow on Tansu (FIELD-NOTES).
         self._consumer.assign([TopicPartition(topic, partition, offset)])
+        # Bounded: read up to the end offset seen in the first fetch response, then end. (Tansu
+        # answers ListOffsets with a wrong high watermark; fetch responses carry the right one.)
+        self._bounded = bounded
+        self._end: int | None = None
         self._topic = topic
         self._partition = partition
         self._offset = offset
@@ -61,7 +66,15 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             metrics.input_position.labels(*self._labels).set(offset if offset >= 0 else 0)
 
     def next_batch(self) -> list[RawBatch]:
+        if self._end is not None and self._offset >= self._end:
+            raise StopIteration()
         msgs = self._consumer.consume(self._batch_size, 0.001)
+        if self._bounded and self._end is None:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), cached=True)
+            if high >= 0:
+                self._end = high
+                if self._offset < 0 and not msgs:  # OFFSET_BEGINNING / OFFSET_END, nothing read
+                    self._offset = low if self._offset == OFFSET_BEGINNING else high
         out: list[RawMessage] = []
         for msg in msgs:
             err = msg.error()
@@ -70,6 +83,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                     continue
                 # Transient broker errors: librdkafka retries; the stall alert covers outages.
                 continue
+            if self._end is not None and msg.offset() >= self._end:
+                break
             out.append((msg.offset(), msg.value(), msg.headers()))
         now = time.monotonic()
         if out:
@@ -105,7 +120,11 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
-    """Every partition of the given topics, read with ``assign()`` from the resume offset."""
+    """Every partition of the given topics, read with ``assign()`` from the resume offset.
+
+    ``bounded=True`` reads each partition up to its end offset as of start-up and then ends
+    (replays, backfills from Kafka, tests); otherwise the source runs forever.
+    """
 
     def __init__(
         self,
@@ -115,10 +134,12 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         batch_size: int = 5000,
         fetch_wait_max_ms: int = 100,
         starting_offset: int = OFFSET_BEGINNING,
-        metrics: PipelineMetrics | None = None,
+        metrics: SourceMetrics | None = None,
         extra_config: dict[str, Any] | None = None,
+        bounded: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
+        self.bounded = bounded
         self.topics = list(topics)
         self.batch_size = batch_size
         self.fetch_wait_max_ms = fetch_wait_max_ms
@@ -155,11 +176,11 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         }
         config.update(self.extra_config)
         offset = self.starting_offset if resume_state is None else resume_state
-        return _KafkaPartition(config, topic, int(idx), offset, self.batch_size, self.metrics)
+        return _KafkaPartition(config, topic, int(idx), offset, self.batch_size, self.metrics, self.bounded)
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, path: Path, start: int, batch_size: int, metrics: PipelineMetrics | None) -> None:
+    def __init__(self, path: Path, start: int, batch_size: int, metrics: SourceMetrics | None) -> None:
         self._metrics = metrics
         self._path = path
         self._lines = _read_events(path)
@@ -207,7 +228,7 @@ class FileBatchSource(FixedPartitionedSource[RawBatch, int]):
         self,
         paths: Sequence[str | os.PathLike[str]],
         batch_size: int = 5000,
-        metrics: PipelineMetrics | None = None,
+        metrics: SourceMetrics | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.batch_size = batch_size

@@ -150,6 +150,8 @@ class Predictor:
     ``redis_key_prefix`` and ``feature_views`` (a specs YAML path, views, or None for the
     packaged defaults) configure online features; ``kafka_bootstrap`` and
     ``predictions_topic`` the predictions log. Metrics go to the manager's registry.
+    ``snapshot_key`` is the owned manager's HMAC key for River snapshots (see
+    :class:`~serving.manager.ModelManager`).
 
     Use from one event loop: ``async with Predictor(...) as p`` or ``start()`` / ``stop()``.
     """
@@ -168,13 +170,18 @@ class Predictor:
         registry: CollectorRegistry | None = None,
         cache_max_entries: int = 10_000,
         feature_timeout_s: float = 0.25,
+        snapshot_key: bytes | None = None,
     ) -> None:
         self._owns_manager = isinstance(models, (str, Path))
         if self._owns_manager:
             from serving.manager import ModelManager  # heavy (onnxruntime): imported when used
 
             self.manager: Any = ModelManager(
-                models, poll_interval_s=poll_interval_s, registry=registry, providers=providers
+                models,
+                poll_interval_s=poll_interval_s,
+                registry=registry,
+                providers=providers,
+                snapshot_key=snapshot_key,
             )
         else:
             self.manager = models

@@ -1,7 +1,9 @@
 """Model manager: loads every version in the repository, hot-swaps, validates, serves.
 
 The manager owns one :class:`ServedModel` per loaded ``(name, version)``, each with its
-own :class:`~serving.batcher.DynamicBatcher` and ONNX Runtime session. Every version present
+own :class:`~serving.batcher.DynamicBatcher` and backend: an ONNX Runtime session, or a
+River snapshot (:mod:`serving.river_model`, verified with the manager's ``snapshot_key``
+before it is unpickled). Every version present
 on disk is loaded (Triton's ``all`` version policy), so that routing can address any of
 them; ``get(name)`` answers the highest READY version.
 
@@ -14,7 +16,8 @@ Lifecycle of a version (polled every ``poll_interval_s``):
   the old load keeps serving until the new one is READY, then is retired.
 * removed from disk -> unpublished at once (``get`` no longer returns it); requests already
   holding it finish on it; after ``drain_grace_s`` its queue is drained and it is unloaded.
-* unloadable (not ONNX, truncated, bad config, warm-up fails) -> FAILED with the reason and a
+* unloadable (not ONNX, truncated, bad config, warm-up fails, a snapshot refused by its hash,
+  HMAC or River version) -> FAILED with the reason and a
   WARNING log line naming the path; whatever was serving keeps serving. A FAILED version is
   retried only when its files (or the model's config.yaml) change.
 
@@ -51,6 +54,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from serving.backend import ModelBackend
 from serving.batcher import DynamicBatcher
 from serving.config import ModelConfig, load_model_config
 from serving.errors import (
@@ -62,7 +66,8 @@ from serving.errors import (
     ServingError,
 )
 from serving.metrics import ServingMetrics, VersionMetrics
-from serving.onnx_session import OnnxModel, load_onnx
+from serving.onnx_session import load_onnx
+from serving.river_model import load_river
 from serving.repository import (
     Fingerprint,
     ModelSource,
@@ -129,16 +134,15 @@ class ServedModel:
 
     ``inputs``/``outputs`` carry the full shapes with -1 for dynamic dims; when
     ``max_batch_size > 0`` dim 0 is the batch axis (-1). ``providers`` lists the ONNX
-    Runtime execution providers the session actually uses.
+    Runtime execution providers the session actually uses (``["river"]`` for a River
+    snapshot); ``platform`` is ``onnxruntime_onnx`` or ``river``.
     """
-
-    platform: str = "onnxruntime_onnx"
 
     def __init__(
         self,
         name: str,
         version: str,
-        model: OnnxModel,
+        model: ModelBackend,
         config: ModelConfig,
         max_batch_size: int,
         *,
@@ -153,6 +157,7 @@ class ServedModel:
         self.config = config
         self.path = path
         self.providers: list[str] = model.providers
+        self.platform: str = model.platform
         self._model = model
         self._metrics = metrics
         self._label = f"model {name!r} version {version}"
@@ -274,7 +279,7 @@ class ServedModel:
         return outputs
 
     def run_unbatched(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One blocking ONNX Runtime call, bypassing the batcher (benchmarks, tests, warm-up)."""
+        """One blocking backend call, bypassing the batcher (benchmarks, tests, warm-up)."""
         return self._model.run(inputs)
 
     async def close(self, *, drain: bool = True) -> None:
@@ -287,13 +292,13 @@ class ServedModel:
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    model: OnnxModel
+    model: ModelBackend
     config: ModelConfig
     max_batch_size: int
     seconds: float
 
 
-def resolve_max_batch_size(config: ModelConfig, model: OnnxModel) -> int:
+def resolve_max_batch_size(config: ModelConfig, model: ModelBackend) -> int:
     """The max batch size a version is served with.
 
     A model whose inputs and outputs all have a dynamic first dim batches up to
@@ -317,11 +322,19 @@ def load_version(
     config_path: Path | None,
     config_fingerprint: Fingerprint,
     providers: Sequence[str] | None,
+    snapshot_key: bytes | None = None,
 ) -> _Loaded:
-    """Read config, create the session, warm it up; blocking. Raises on any problem."""
+    """Read config, load the model (ONNX session or verified River snapshot), warm it up.
+
+    Blocking. Raises on any problem: ``ValueError`` for a refused snapshot.
+    """
     started = time.perf_counter()
     config = load_model_config(config_path) if config_path is not None else ModelConfig()
-    model = load_onnx(source.model_path, intra_op_threads=config.intra_op_threads, providers=providers)
+    model: ModelBackend
+    if source.backend == "river":
+        model = load_river(source.path, snapshot_key)
+    else:
+        model = load_onnx(source.model_path, intra_op_threads=config.intra_op_threads, providers=providers)
     max_batch_size = resolve_max_batch_size(config, model)
     if config.warmup:
         try:
@@ -357,7 +370,9 @@ class ModelManager:
     background polling (call :meth:`refresh` to rescan). ``registry`` receives the serving
     metrics (a fresh ``CollectorRegistry`` when None). ``drain_grace_s``: how long a removed or
     replaced version keeps accepting requests from callers that fetched it just before,
-    before it drains and unloads.
+    before it drains and unloads. ``snapshot_key``: River snapshots must carry an HMAC-SHA256
+    of their pickle under this key, or are refused (None: only their sha256 is checked; see
+    :mod:`engine.learning.snapshots` for the trust model).
     """
 
     def __init__(
@@ -368,11 +383,13 @@ class ModelManager:
         registry: CollectorRegistry | None = None,
         providers: list[str] | None = None,
         drain_grace_s: float = 1.0,
+        snapshot_key: bytes | None = None,
     ) -> None:
         self.root = Path(root)
         self.poll_interval_s = poll_interval_s
         self.registry = registry if registry is not None else CollectorRegistry()
         self.providers = providers
+        self.snapshot_key = snapshot_key
         self.drain_grace_s = drain_grace_s
         self._metrics = ServingMetrics(self.registry)
         self._slots: dict[str, dict[str, _Slot]] = {}
@@ -522,7 +539,13 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         try:
             loaded: _Loaded = await loop.run_in_executor(
-                self._loader, load_version, source, model.config_path, model.config_fingerprint, self.providers
+                self._loader,
+                load_version,
+                source,
+                model.config_path,
+                model.config_fingerprint,
+                self.providers,
+                self.snapshot_key,
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)

@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from serving.backend import warm_up, zero_feeds
 from serving.tensors import ONNX_TO_DATATYPE, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -180,39 +181,22 @@ class OnnxModel:
     def __post_init__(self) -> None:
         self._output_names = [o.name for o in self.outputs]
 
+    @property
+    def platform(self) -> str:
+        """KServe ``ModelMetadata.platform`` (Triton's name for ONNX Runtime models)."""
+        return "onnxruntime_onnx"
+
     def zeros(self, rows: int | None) -> dict[str, np.ndarray]:
         """Feeds of zeros (empty strings for BYTES): ``rows`` on the batch axis, 1 for other dynamic dims."""
-        feeds: dict[str, np.ndarray] = {}
-        for spec in self.inputs:
-            shape = [1 if d < 0 else d for d in spec.shape]
-            if rows is not None:
-                shape[0] = rows
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        return feeds
+        return zero_feeds(self.inputs, rows)
 
     def warmup(self, max_batch_size: int) -> None:
-        """Run zeros at batch 1 and at ``max_batch_size`` (once if 0 = no batch axis).
+        """Run zeros at batch 1 and at ``max_batch_size`` (see :func:`serving.backend.warm_up`).
 
-        The first run allocates the memory arena and, on CUDA, initialises cuBLAS/cuDNN,
-        which would otherwise land on the first client's latency. Also checks that every
-        output keeps the batch axis, since the batcher splits outputs by rows; raises
-        ``ValueError`` when one does not.
+        On CUDA the first run also initialises cuBLAS/cuDNN. Raises ``ValueError`` when an
+        output does not keep the batch axis.
         """
-        sizes = [None] if max_batch_size == 0 else sorted({1, max_batch_size})
-        for rows in sizes:
-            outputs = self.run(self.zeros(rows))
-            if rows is None:
-                continue
-            for name, value in outputs.items():
-                if value.ndim == 0 or value.shape[0] != rows:
-                    raise ValueError(
-                        f"output {name!r} has shape {list(value.shape)} for a batch of {rows} rows: "
-                        "its first dim does not follow the batch axis, so batching cannot split it "
-                        "(set max_batch_size: 0 in config.yaml)"
-                    )
+        warm_up(self, max_batch_size)
 
 
 def load_onnx(

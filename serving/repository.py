@@ -6,9 +6,12 @@
       <name>/
         config.yaml          optional, see serving.config.ModelConfig
         <version>/           a positive integer: 1, 2, 10 (no leading zeros)
-          model.onnx         (plus any external-data files the model refers to)
+          model.onnx         an ONNX model (plus any external-data files it refers to), or
+          model.pkl          a River snapshot: the pickled model and its manifest, as
+          manifest.json      engine.learning.snapshots.publish_snapshot writes them
 
-Scanning only reads directory entries and ``stat`` results: it never opens a model. Each
+A directory holding both ``model.onnx`` and a snapshot is served as ONNX. Scanning only
+reads directory entries and ``stat`` results: it never opens a model. Each
 version carries a *fingerprint* (names, sizes and modification times of its files) so that
 the manager can tell a version that changed on disk (rewritten in place, or a copy that was
 still in progress when it was first seen) from one it already loaded.
@@ -22,8 +25,14 @@ on one file system).
 >>> (root / "mlp" / "1").mkdir(parents=True); (root / "mlp" / "1" / "model.onnx").write_bytes(b"x")
 1
 >>> (root / "mlp" / "02").mkdir(); (root / "mlp" / ".tmp-3").mkdir()
->>> sorted(scan_repository(root)["mlp"].versions)
+>>> (root / "mlp" / "4").mkdir(); (root / "mlp" / "4" / "model.pkl").write_bytes(b"x")
+1
+>>> sorted(scan_repository(root)["mlp"].versions)  # 4 has no manifest.json (yet)
 ['1']
+>>> (root / "mlp" / "4" / "manifest.json").write_text("{}")
+2
+>>> [(v.version, v.backend, v.model_path.name) for v in scan_repository(root)["mlp"].versions.values()]
+[('1', 'onnx', 'model.onnx'), ('4', 'river', 'model.pkl')]
 """
 
 from __future__ import annotations
@@ -32,12 +41,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from serving.config import CONFIG_FILENAME
 
 log = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.onnx"
+# A River snapshot (engine.learning.snapshots): the pickled model and what it was trained on.
+SNAPSHOT_FILENAME = "model.pkl"
+MANIFEST_FILENAME = "manifest.json"
+
+Backend = Literal["onnx", "river"]
 
 # (relative path, size, mtime in ns) of every file; equal fingerprints = nothing changed.
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -61,16 +76,18 @@ def version_key(version: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class VersionSource:
-    """One version directory that holds a model file."""
+    """One version directory that holds a model: ``backend`` says which kind."""
 
     name: str
     version: str
     path: Path
     fingerprint: Fingerprint
+    backend: Backend = "onnx"
 
     @property
     def model_path(self) -> Path:
-        return self.path / MODEL_FILENAME
+        """The model file: ``model.onnx``, or ``model.pkl`` for a River snapshot."""
+        return self.path / (SNAPSHOT_FILENAME if self.backend == "river" else MODEL_FILENAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,15 @@ def fingerprint_file(path: Path) -> Fingerprint:
     return ((path.name, st.st_size, st.st_mtime_ns),)
 
 
+def version_backend(path: Path) -> Backend | None:
+    """Which kind of model a version directory holds, None when it holds none (yet)."""
+    if (path / MODEL_FILENAME).is_file():
+        return "onnx"
+    if (path / SNAPSHOT_FILENAME).is_file() and (path / MANIFEST_FILENAME).is_file():
+        return "river"
+    return None
+
+
 def scan_model(path: Path) -> ModelSource:
     """Scan one model directory (``ROOT/<name>``)."""
     name = path.name
@@ -131,11 +157,12 @@ def scan_model(path: Path) -> ModelSource:
             log.debug("ignoring %s: version directories are positive integers without leading zeros", entry.path)
             continue
         vpath = Path(entry.path)
-        if not (vpath / MODEL_FILENAME).is_file():
-            # Still being copied, or not a model: it is picked up once model.onnx appears.
-            log.debug("ignoring %s: no %s", vpath, MODEL_FILENAME)
+        backend = version_backend(vpath)
+        if backend is None:
+            # Still being copied, or not a model: it is picked up once its files appear.
+            log.debug("ignoring %s: no %s, nor %s and %s", vpath, MODEL_FILENAME, SNAPSHOT_FILENAME, MANIFEST_FILENAME)
             continue
-        versions[entry.name] = VersionSource(name, entry.name, vpath, fingerprint_tree(vpath))
+        versions[entry.name] = VersionSource(name, entry.name, vpath, fingerprint_tree(vpath), backend)
     return ModelSource(name, path, config_path if config_fp else None, config_fp, versions)
 
 

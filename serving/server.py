@@ -7,10 +7,12 @@ Services on the gRPC port:
 * ``rtml.v1.Prediction`` -- rtml's Predict (:mod:`serving.predict`: online features from
   ``--redis-url``, routing, cache, every prediction published to ``--predictions-topic`` on
   ``--kafka-bootstrap``);
+* ``rtml.v1.Bandits`` -- Choose (:mod:`serving.bandits`: the ``--bandits`` specs, state in
+  ``--redis-url``, every decision published like a prediction);
 * ``grpc.health.v1.Health`` -- SERVING while every model has at least one ready version;
 * ``grpc.reflection.v1alpha.ServerReflection`` -- lists the services above (grpcurl works).
 
-Every KServe and Predict call goes through :func:`_instrument`, which counts it in
+Every KServe, Predict and Choose call goes through :func:`_instrument`, which counts it in
 ``rtml_grpc_requests_total{method,code}``, times it in
 ``rtml_grpc_request_duration_seconds{method}``, answers :class:`~serving.errors.ServingError`
 subclasses with their own status code and message, and answers anything else with INTERNAL
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -45,7 +48,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import start_http_server
 
 from proto.inference import open_inference_grpc_pb2 as kserve_pb
+from engine.bandits.spec import load_bandit_specs
 from proto.rtml.v1 import serving_pb2 as rtml_pb
+from serving.bandits import BANDITS_SERVICE, BanditService, BanditsServicer
 from serving.errors import InvalidInput, ServingError
 from serving.features import FeatureFetcher, default_feature_views
 from serving.kserve import (
@@ -219,6 +224,9 @@ class ServerOptions:
     feature_specs: str | None = None  # feature views YAML; None: the packaged defaults
     kafka_bootstrap: str | None = None
     predictions_topic: str = DEFAULT_TOPIC
+    # rtml.v1 Choose: bandit specs YAML (state in redis_url under redis_key_prefix, decisions
+    # published with the predictions); None: no bandits, Choose answers NOT_FOUND.
+    bandits: str | None = None
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -249,6 +257,7 @@ class RtmlServer:
         self._health_task: asyncio.Task[None] | None = None
         self._http: Any = None
         self.pipeline: PredictPipeline | None = None
+        self.bandits: BanditService | None = None
         # Registered once per server (a registry refuses a second set), reused across restarts.
         self._predict_metrics = PredictMetrics(manager.registry)
         self._log_metrics: PredictionLogMetrics | None = None
@@ -266,6 +275,18 @@ class RtmlServer:
                 self._log_metrics = PredictionLogMetrics(self.manager.registry)
             logger = PredictionLogger(opts.kafka_bootstrap, opts.predictions_topic, metrics=self._log_metrics).start()
         return PredictPipeline(self.manager, fetcher=fetcher, logger=logger, metrics=self._predict_metrics)
+
+    async def _make_bandits(self) -> BanditService:
+        opts = self.options
+        specs = load_bandit_specs(opts.bandits) if opts.bandits else []
+        # Decisions go to the predictions log through Predict's producer (one per server).
+        logger = self.pipeline.logger if self.pipeline is not None else None
+        service = BanditService(specs, opts.redis_url, prefix=opts.redis_key_prefix, logger=logger)
+        try:
+            return await service.start()
+        except BaseException:
+            service.close()
+            raise
 
     def _build(self) -> grpc.aio.Server:
         opts = self.options
@@ -316,10 +337,22 @@ class RtmlServer:
                 opts.max_message_bytes,
             ),
         )
+        assert self.bandits is not None
+        bandits = BanditsServicer(self.bandits)
+        _add_service(
+            server,
+            BANDITS_SERVICE,
+            _service_handler(
+                {"Choose": (bandits.Choose, rtml_pb.ChooseRequest, rtml_pb.ChooseResponse)},
+                self.metrics,
+                opts.max_message_bytes,
+            ),
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             KSERVE_SERVICE,
             PREDICTION_SERVICE,
+            BANDITS_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -348,6 +381,7 @@ class RtmlServer:
         opts = self.options
         self.pipeline = self._make_pipeline()
         try:
+            self.bandits = await self._make_bandits()
             server = self._build()
             address = f"{opts.host}:{opts.grpc_port}"
             try:
@@ -399,6 +433,9 @@ class RtmlServer:
 
     async def _close_pipeline(self) -> None:
         # After the gRPC server: running Predicts have finished, shadows and the log drain here.
+        bandits, self.bandits = self.bandits, None
+        if bandits is not None:
+            bandits.close()
         pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
             await pipeline.close()
@@ -477,9 +514,12 @@ class BackgroundServer:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rtml serve",
-        description="Serve ONNX models over gRPC (KServe v2 + rtml.v1.Prediction) with Prometheus metrics.",
+        description="Serve ONNX models and River snapshots over gRPC (KServe v2 + rtml.v1.Prediction) "
+        "with Prometheus metrics.",
     )
-    p.add_argument("--models", required=True, help="model repository: DIR/<name>/<version>/model.onnx")
+    p.add_argument(
+        "--models", required=True, help="model repository: DIR/<name>/<version>/model.onnx (or a River snapshot)"
+    )
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 picks a free one; default 8001)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port (default 8002; -1 disables)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -512,6 +552,17 @@ def _parser() -> argparse.ArgumentParser:
         "--predictions-topic", default=DEFAULT_TOPIC, help=f"topic for published predictions (default {DEFAULT_TOPIC})"
     )
     p.add_argument(
+        "--snapshot-key-env", default=None, metavar="VAR",
+        help="environment variable holding the HMAC key River snapshots must be signed with "
+        "(default: learning.snapshot_key of the rtml config, e.g. RTML_LEARNING_SNAPSHOT_KEY; "
+        "no key: snapshots are checked by sha256 only)",
+    )
+    p.add_argument(
+        "--bandits", default=None, metavar="FILE",
+        help="bandit specs YAML served by rtml.v1.Bandits/Choose, state in --redis-url "
+        "(default: learning.bandits of the rtml config; none: no bandits)",
+    )
+    p.add_argument(
         "--workers", type=int, default=1,
         help="server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads connections); "
         "worker i serves /metrics on metrics-port + i (default 1)",
@@ -522,8 +573,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _with_config_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Unset store flags come from the rtml configuration (RTML_CONFIG file, RTML_* variables)."""
+    """Unset store flags come from the rtml configuration (RTML_CONFIG file, RTML_* variables).
+
+    Also sets ``args.snapshot_key`` (bytes or None). The key is read from the environment,
+    never from the command line, where every user of the host could read it in ``ps``.
+    Raises ``ValueError`` when ``--snapshot-key-env`` names an unset or empty variable: a
+    server told to verify snapshots must not silently accept unsigned ones, and
+    (:class:`~engine.bandits.spec.BanditSpecError`) when the ``--bandits`` file is invalid.
+    """
     from engine.config import load_config
+    from engine.learning.snapshots import encode_key
 
     cfg = load_config()
     if args.redis_url is None:
@@ -534,6 +593,16 @@ def _with_config_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.feature_specs = cfg.pipeline.feature_specs
     if args.kafka_bootstrap is None:
         args.kafka_bootstrap = cfg.kafka.bootstrap
+    if args.bandits is None:
+        args.bandits = cfg.learning.bandits
+    if args.bandits:
+        load_bandit_specs(args.bandits)  # a bad file is a usage error (exit 2), before serving
+    if args.snapshot_key_env is None:
+        args.snapshot_key = encode_key(cfg.learning.snapshot_key)
+    else:
+        args.snapshot_key = encode_key(os.environ.get(args.snapshot_key_env))
+        if args.snapshot_key is None:
+            raise ValueError(f"--snapshot-key-env {args.snapshot_key_env}: that environment variable is unset or empty")
     return args
 
 
@@ -584,7 +653,7 @@ def _run_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from serving.manager import ModelManager  # heavy (onnxruntime): imported when serving
 
-    manager = ModelManager(args.models, poll_interval_s=args.poll_interval)
+    manager = ModelManager(args.models, poll_interval_s=args.poll_interval, snapshot_key=args.snapshot_key)
     options = ServerOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -598,6 +667,7 @@ async def _serve(args: argparse.Namespace) -> int:
         feature_specs=args.feature_specs,
         kafka_bootstrap=args.kafka_bootstrap,
         predictions_topic=args.predictions_topic,
+        bandits=args.bandits,
     )
     # Signals are taken from the start: a SIGINT while models load or the port binds must
     # still end in a clean shutdown (exit 0), not a KeyboardInterrupt mid-start.
@@ -626,7 +696,11 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     repository or a port cannot be used.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _with_config_defaults(_parser().parse_args(argv))
+    parser = _parser()
+    try:
+        args = _with_config_defaults(parser.parse_args(argv))
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2, like any other bad flag
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,9 @@
 """Bandit policies with one small protocol: ``choose`` / ``update`` / ``state`` / ``from_state``.
 
+``choose_n(n, exclude, context)`` picks ``n`` distinct arms (exploration slots) by repeated
+choice, each time among the arms neither excluded nor chosen already; ``choose_n(1)`` makes
+the same decision, from the same random draws, as ``choose()``.
+
 Every policy keeps its statistics in numpy arrays indexed by arm position, draws
 randomness only from the :class:`numpy.random.Generator` it was given, and can be
 snapshotted to a JSON-able dict (``state()``) and rebuilt from it (``from_state``).
@@ -32,7 +36,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Hashable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Hashable, Iterable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -63,6 +67,10 @@ class Policy(Protocol):
 
     def choose(self, context: Any = None) -> Arm:
         """Pick an arm (``context`` is a 1-D feature vector for contextual policies)."""
+        ...
+
+    def choose_n(self, n: int = 1, exclude: Iterable[Arm] = (), context: Any = None) -> list[Arm]:
+        """``n`` distinct arms, best first, none of them in ``exclude``."""
         ...
 
     def update(self, arm: Arm, reward: float, context: Any = None) -> None:
@@ -101,6 +109,48 @@ class _Base:
         """Hyper-parameters (constructor keyword arguments) as a JSON-able dict."""
         return {}
 
+    def _context(self, context: Any) -> Any:
+        """The context as :meth:`_pick` takes it (validated once per decision)."""
+        return context
+
+    def _pick(self, allowed: np.ndarray | None, context: Any) -> int:
+        """Position of the chosen arm among ``allowed`` (a bool mask; None: every arm)."""
+        raise NotImplementedError
+
+    def choose(self, context: Any = None) -> Arm:
+        """Pick one arm (``context`` is the feature vector of a contextual policy)."""
+        return self.arms[self._pick(None, self._context(context))]
+
+    def choose_n(self, n: int = 1, exclude: Iterable[Arm] = (), context: Any = None) -> list[Arm]:
+        """``n`` distinct arms by repeated choice, never one of ``exclude``; in choice order.
+
+        Each choice is made among the arms not excluded and not chosen yet, with fresh random
+        draws, so the result is deterministic given the rng. ``ValueError`` when fewer than
+        ``n`` arms remain, ``KeyError`` for an unknown arm in ``exclude``.
+
+        >>> UCB1(["a", "b", "c"]).choose_n(2, exclude=["a"])
+        ['b', 'c']
+        """
+        allowed = np.ones(len(self.arms), dtype=bool)
+        for arm in exclude:
+            allowed[self.arm_index(arm)] = False
+        available = int(allowed.sum())
+        if n < 1 or n > available:
+            excluded = len(self.arms) - available
+            raise ValueError(
+                f"cannot choose {n} distinct arm{'s' if n != 1 else ''}: the bandit has {len(self.arms)} arms"
+                + (f", {available} after excluding {excluded}" if excluded else "")
+            )
+        x = self._context(context)
+        if n == 1 and available == len(self.arms):
+            return [self.arms[self._pick(None, x)]]  # the plain choice, without a mask to apply
+        chosen: list[Arm] = []
+        for _ in range(n):
+            i = self._pick(allowed, x)
+            chosen.append(self.arms[i])
+            allowed[i] = False
+        return chosen
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}(arms={self.arms!r}{', ' if params else ''}{params})"
@@ -122,6 +172,10 @@ class CounterPolicy(_Base):
         self.counters: dict[str, np.ndarray] = {
             name: np.full(len(self.arms), init[name], dtype=np.float64) for name in self.COUNTERS
         }
+        # UCB1 / epsilon-greedy: the deterministic (exploiting) choice among all arms, kept
+        # until the next update. Serving decides many times from one snapshot, so a decision
+        # becomes a lookup; counters must therefore change only through update().
+        self._best: int | None = None
 
     def initial(self) -> dict[str, float]:
         """Starting value of each counter (the same for every arm)."""
@@ -136,6 +190,7 @@ class CounterPolicy(_Base):
         i = self.arm_index(arm)
         for name, delta in zip(self.COUNTERS, self.deltas(float(reward))):
             self.counters[name][i] += delta
+        self._best = None
 
     def state(self) -> dict[str, Any]:
         """``{"kind", "arms", "params", "counters": {name: [per-arm floats]}}``."""
@@ -157,6 +212,7 @@ class CounterPolicy(_Base):
             if values.shape != (len(policy.arms),):
                 raise ValueError(f"counter {name!r} has shape {values.shape}, expected ({len(policy.arms)},)")
             policy.counters[name] = values.copy()  # type: ignore[attr-defined]
+        policy._best = None  # type: ignore[attr-defined]
         return policy
 
 
@@ -197,10 +253,14 @@ class ThompsonSampling(CounterPolicy):
             raise ValueError(f"Thompson sampling needs rewards in [0, 1], got {reward}")
         return reward, 1.0 - reward
 
-    def choose(self, context: Any = None) -> Arm:
-        """Draw one sample per arm from Beta(alpha, beta); the largest wins."""
+    def _pick(self, allowed: np.ndarray | None, context: Any) -> int:
+        """Draw one sample per arm from Beta(alpha, beta); the largest allowed one wins."""
+        # Every arm is drawn even when some are not allowed, so the rng advances the same way
+        # whatever the mask (decisions stay reproducible from the seed alone).
         draws = self.rng.beta(self.counters["alpha"], self.counters["beta"])
-        return self.arms[int(draws.argmax())]
+        if allowed is not None:
+            draws[~allowed] = -np.inf
+        return int(draws.argmax())
 
 
 class UCB1(CounterPolicy):
@@ -230,14 +290,30 @@ class UCB1(CounterPolicy):
     def deltas(self, reward: float) -> tuple[float, float]:
         return 1.0, reward
 
-    def choose(self, context: Any = None) -> Arm:
-        """First untried arm, else the highest upper confidence bound."""
+    def _pick(self, allowed: np.ndarray | None, context: Any) -> int:
+        if allowed is None:
+            if self._best is None:
+                self._best = self._bound_argmax(None)
+            return self._best
+        return self._bound_argmax(allowed)
+
+    def _bound_argmax(self, allowed: np.ndarray | None) -> int:
+        """First untried allowed arm, else the allowed arm with the highest upper confidence bound."""
         n = self.counters["n"]
-        untried = np.flatnonzero(n == 0)
-        if untried.size:
-            return self.arms[int(untried[0])]
-        bound = self.counters["s"] / n + np.sqrt(self.c * math.log(n.sum()) / n)
-        return self.arms[int(bound.argmax())]
+        untried = n == 0
+        if allowed is not None:
+            untried &= allowed
+        first = np.flatnonzero(untried)
+        if first.size:
+            return int(first[0])
+        if allowed is None:
+            bound = self.counters["s"] / n + np.sqrt(self.c * math.log(n.sum()) / n)
+        else:
+            # Excluded arms may be untried (n = 0): their bounds are masked, not computed.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = self.counters["s"] / n + np.sqrt(self.c * math.log(n.sum()) / n)
+            bound[~allowed] = -np.inf
+        return int(bound.argmax())
 
 
 class EpsilonGreedy(CounterPolicy):
@@ -269,14 +345,26 @@ class EpsilonGreedy(CounterPolicy):
     def deltas(self, reward: float) -> tuple[float, float]:
         return 1.0, reward
 
-    def choose(self, context: Any = None) -> Arm:
-        """Explore with probability epsilon, otherwise exploit the empirical means."""
+    def _pick(self, allowed: np.ndarray | None, context: Any) -> int:
+        """Explore (a uniform allowed arm) with probability epsilon, else the best allowed mean."""
         if self.epsilon > 0.0 and self.rng.random() < self.epsilon:
-            return self.arms[int(self.rng.integers(len(self.arms)))]
+            if allowed is None:
+                return int(self.rng.integers(len(self.arms)))
+            candidates = np.flatnonzero(allowed)
+            return int(candidates[self.rng.integers(candidates.size)])
+        if allowed is None:
+            if self._best is None:
+                self._best = self._greedy(None)
+            return self._best
+        return self._greedy(allowed)
+
+    def _greedy(self, allowed: np.ndarray | None) -> int:
         n = self.counters["n"]
         with np.errstate(divide="ignore", invalid="ignore"):
             means = np.where(n > 0, self.counters["s"] / n, np.inf)
-        return self.arms[int(means.argmax())]
+        if allowed is not None:
+            means[~allowed] = -np.inf
+        return int(means.argmax())
 
 
 class LinUCB(_Base):
@@ -328,6 +416,16 @@ class LinUCB(_Base):
             raise ValueError(f"context has {x.size} features, expected {self.n_features}")
         return x
 
+    def _context(self, context: Any) -> np.ndarray:
+        return self._vector(context)
+
+    def precompute(self) -> None:
+        """Invert ``A`` for every arm updated since the last choice (else done by the next one).
+
+        Lets a store build a snapshot off the serving thread, ready to decide.
+        """
+        self._refresh()
+
     def _refresh(self) -> None:
         if self._dirty.any():
             idx = np.flatnonzero(self._dirty)
@@ -345,9 +443,12 @@ class LinUCB(_Base):
         ucb = self.alpha * np.sqrt(np.sum(x_A_inv * x, axis=1))
         return np.matmul(self._theta, x) + ucb
 
-    def choose(self, context: Any = None) -> Arm:
-        """The arm with the highest ``x.theta + alpha*sqrt(x A^-1 x)``; ties go to the first."""
-        return self.arms[int(self._scores(self._vector(context)).argmax())]
+    def _pick(self, allowed: np.ndarray | None, context: np.ndarray) -> int:
+        """The allowed arm with the highest ``x.theta + alpha*sqrt(x A^-1 x)``; ties go to the first."""
+        scores = self._scores(context)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        return int(scores.argmax())
 
     def update(self, arm: Arm, reward: float, context: Any = None) -> None:
         """``A[arm] += x x^T`` and ``b[arm] += reward * x``."""

@@ -29,7 +29,13 @@ Atomicity:
   matrices equal a local :class:`~engine.bandits.policies.LinUCB` fed the same rewards.
 
 Decisions are made locally from a snapshot (``HGETALL``, one round trip) refreshed at
-most every ``refresh_s`` seconds (0 = before every choice).
+most every ``refresh_s`` seconds (0 = before every choice); :attr:`RedisBandit.version` is
+the stored version that snapshot was taken at. A caller that must not block on Redis (an
+event loop) checks :meth:`RedisBandit.needs_refresh`, runs :meth:`RedisBandit.load` in a
+thread and then decides with ``bandit.policy``.
+
+Rewards can be queued on a caller's pipeline (:meth:`RedisBandit.queue_update`), so many
+rewards, for any number of bandits, cost one round trip (:mod:`engine.bandits.rewards`).
 
 Usage (needs a Redis server; exercised in ``tests/engine/bandits/test_store.py``)::
 
@@ -41,9 +47,10 @@ Usage (needs a Redis server; exercised in ``tests/engine/bandits/test_store.py``
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -110,8 +117,10 @@ class RedisBandit:
     **params)`` creates the hash if absent (every field with ``HSETNX``, so racing creators
     agree) and checks that an existing one has the same kind, arms and params.
 
-    * :meth:`choose` -- refresh the local snapshot if older than ``refresh_s``, then decide.
-    * :meth:`update` -- apply a reward atomically in Redis (and to the local snapshot).
+    * :meth:`choose` / :meth:`choose_n` -- refresh the local snapshot if older than
+      ``refresh_s``, then decide.
+    * :meth:`update` -- apply a reward atomically in Redis (and to the local snapshot);
+      :meth:`queue_update` -- queue it on a pipeline the caller executes.
     * :meth:`state` / :meth:`restore` -- the policy's JSON-able snapshot out of / into Redis.
     """
 
@@ -142,6 +151,9 @@ class RedisBandit:
         self.arms: list[Arm] = list(self.policy.arms)
         self._meta = {"kind": policy_kind, "arms": self.arms, "params": self.policy.params()}
         self._loaded_at = -float("inf")
+        # Stored version of the snapshot in self.policy (None until the first load); rewards
+        # applied through this instance move the local policy but not this number.
+        self.version: int | None = None
         self._linucb = client.register_script(LINUCB_UPDATE_LUA)
         self._create()
 
@@ -197,37 +209,78 @@ class RedisBandit:
         return self._parse(self.client.hgetall(self.key))
 
     def load(self) -> Any:
-        """Replace the local policy with the stored state and return it."""
+        """Replace the local policy with the stored state and return it.
+
+        The new policy is built completely (LinUCB's inverses included) before it replaces
+        the old one, so this can run in a thread while decisions use the previous snapshot.
+        """
         state = self.state()
-        state.pop("version")
-        self.policy = policy_from_state(state, rng=self.rng)
+        version = int(state.pop("version"))
+        policy = policy_from_state(state, rng=self.rng)
+        if isinstance(policy, LinUCB):
+            policy.precompute()
+        self.policy, self.version = policy, version
         self._loaded_at = time.monotonic()
-        return self.policy
+        return policy
+
+    def needs_refresh(self) -> bool:
+        """Whether the snapshot is older than ``refresh_s`` (or was never loaded)."""
+        return time.monotonic() - self._loaded_at >= self.refresh_s
 
     def choose(self, context: Any = None) -> Arm:
         """Decide from the stored state (reloaded if older than ``refresh_s``)."""
-        if time.monotonic() - self._loaded_at >= self.refresh_s:
+        if self.needs_refresh():
             self.load()
         return self.policy.choose(context)
 
-    def update(self, arm: Arm, reward: float, context: Any = None) -> int:
-        """Apply one reward atomically in Redis and locally; returns the new stored version."""
+    def choose_n(self, n: int = 1, exclude: Iterable[Arm] = (), context: Any = None) -> list[Arm]:
+        """``n`` distinct arms not in ``exclude`` (see ``choose_n`` of the policies)."""
+        if self.needs_refresh():
+            self.load()
+        return self.policy.choose_n(n, exclude, context)
+
+    def _reward(self, arm: Arm, reward: float) -> tuple[int, float]:
         i = self.policy.arm_index(arm)
         reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        return i, reward
+
+    def _linucb_args(self, i: int, reward: float, context: Any) -> list[Any]:
+        x = self.policy._vector(context)
+        return [i, self.policy.n_features, struct.pack("<d", reward), x.astype("<f8").tobytes()]
+
+    def queue_update(self, pipe: redis.client.Pipeline, arm: Arm, reward: float, context: Any = None) -> int:
+        """Queue one reward's commands on ``pipe`` (no I/O); returns how many were queued.
+
+        The reply of the last queued command is the new stored version. Everything is
+        validated before anything is queued (``KeyError`` for an unknown arm, ``ValueError``
+        for a bad reward or context), so a refused reward leaves ``pipe`` as it was. The
+        local snapshot is not updated.
+        """
+        i, reward = self._reward(arm, reward)
         if isinstance(self.policy, LinUCB):
-            x = self.policy._vector(context)
-            version = self._linucb(
-                keys=[self.key],
-                args=[i, self.policy.n_features, struct.pack("<d", reward), x.astype("<f8").tobytes()],
-            )
+            self._linucb(keys=[self.key], args=self._linucb_args(i, reward, context), client=pipe)
+            return 1
+        policy: CounterPolicy = self.policy
+        deltas = policy.deltas(reward)
+        for name, delta in zip(policy.COUNTERS, deltas):
+            pipe.hincrbyfloat(self.key, f"c:{name}:{i}", delta)
+        pipe.hincrby(self.key, VERSION, 1)
+        return len(deltas) + 1
+
+    def update(self, arm: Arm, reward: float, context: Any = None) -> int:
+        """Apply one reward atomically in Redis and locally; returns the new stored version."""
+        if isinstance(self.policy, LinUCB):
+            # A direct EVALSHA: through a pipeline, redis-py would first ask SCRIPT EXISTS
+            # (a second round trip) on every call.
+            i, reward = self._reward(arm, reward)
+            version = self._linucb(keys=[self.key], args=self._linucb_args(i, reward, context))
         else:
-            policy: CounterPolicy = self.policy
             pipe = self.client.pipeline(transaction=True)
-            for name, delta in zip(policy.COUNTERS, policy.deltas(reward)):
-                pipe.hincrbyfloat(self.key, f"c:{name}:{i}", delta)
-            pipe.hincrby(self.key, VERSION, 1)
+            self.queue_update(pipe, arm, reward)
             version = pipe.execute()[-1]
-        self.policy.update(arm, reward, context)
+        self.policy.update(arm, float(reward), context)
         return int(version)
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -239,7 +292,7 @@ class RedisBandit:
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key, mapping=self._fields(policy))
         pipe.hincrby(self.key, VERSION, 1)
-        pipe.execute()
+        self.version = int(pipe.execute()[-1])
         self.policy = policy
         self._loaded_at = time.monotonic()
 

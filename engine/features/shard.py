@@ -45,6 +45,7 @@ from typing import Any, Hashable, Iterable, Sequence
 
 from engine.features.aggregates import ViewProgram
 from engine.features.spec import Window
+from engine.watermark import SourceWatermark
 
 # (entity, event_time_ms, per-measure inputs, source partition, reference returned if late)
 Row = tuple[str, int, tuple[Any, ...], Hashable, Hashable]
@@ -96,11 +97,15 @@ class ShardAggregator:
         wall_now: float = 0.0,
     ) -> None:
         self.program = program
-        self.source_idle_ms = source_idle_ms
-        # Expected sources hold the watermark back until heard from (or idle).
-        self._expected = tuple(sources)
-        self.out_of_orderness_ms = out_of_orderness_ms
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.clock = SourceWatermark(
+            out_of_orderness_ms=out_of_orderness_ms,
+            source_idle_ms=source_idle_ms,
+            idle_advance=idle_advance,
+            sources=sources,
+            wall_now=wall_now,
+        )
+        self.out_of_orderness_ms = out_of_orderness_ms
         self.idle_advance = idle_advance
         by_slide: dict[int, list[Window]] = {}
         for w in program.view.windows:
@@ -109,56 +114,29 @@ class ShardAggregator:
             _SlideGroup(slide, ws, max(w.tiles for w in ws)) for slide, ws in sorted(by_slide.items())
         ]
         self.columns = tuple(c for g in self._groups for w in g.windows for c in program.columns(w.name))
-        self.max_event_ms: int | None = None
-        # Watermark and asof never move back, even when idle advance overshot the next event.
-        self._wm_high: int | None = None
+        # Asof never moves back, even when idle advance overshot the next event.
         self._asof_high: int | None = None
         self._touched: set[str] = set()
-        self._source_max: dict[Hashable, int] = {}
-        self._source_seen: dict[Hashable, float] = {s: wall_now for s in self._expected}
-        self._wall_at_max = 0.0
         self._last_event: dict[str, int] = {}
         self._dirty: set[str] = set()
         self.accepted = 0
         self.late = 0
 
     # -- time ---------------------------------------------------------------
-    def _idle_ms(self, wall_now: float) -> int:
-        if not self.idle_advance or self.max_event_ms is None:
-            return 0
-        return max(0, int((wall_now - self._wall_at_max) * 1000))
-
-    def _slowest_source_ms(self, wall_now: float) -> int | None:
-        """Newest event time of the active source furthest behind (None: one is unheard of)."""
-        horizon = wall_now - self.source_idle_ms / 1000
-        slowest: int | None = None
-        for source, seen_at in self._source_seen.items():
-            if seen_at < horizon:
-                continue  # silent for too long: it must not stall everyone else
-            t = self._source_max.get(source)
-            if t is None:
-                return None  # expected, not heard from yet
-            if slowest is None or t < slowest:
-                slowest = t
-        if slowest is None:  # every source idle: the newest time is the best guess
-            return max(self._source_max.values()) if self._source_max else None
-        return slowest
+    @property
+    def max_event_ms(self) -> int | None:
+        """The newest event time accepted so far."""
+        return self.clock.max_event_ms
 
     def watermark_ms(self, wall_now: float) -> int | None:
         """Event time before which the shard expects no more (on-time) events; monotone."""
-        slowest = self._slowest_source_ms(wall_now)
-        if slowest is None:
-            return self._wm_high
-        raw = slowest - self.out_of_orderness_ms + self._idle_ms(wall_now)
-        if self._wm_high is None or raw > self._wm_high:
-            self._wm_high = raw
-        return self._wm_high
+        return self.clock.watermark_ms(wall_now)
 
     def asof_ms(self, wall_now: float) -> int | None:
         """The time running windows are computed as of; monotone."""
         if self.max_event_ms is None:
             return None
-        raw = self.max_event_ms + self._idle_ms(wall_now)
+        raw = self.max_event_ms + self.clock.idle_ms(wall_now)
         if self._asof_high is None or raw > self._asof_high:
             self._asof_high = raw
         return self._asof_high
@@ -172,13 +150,14 @@ class ShardAggregator:
         last_event = self._last_event
         dirty = self._dirty
         touched = self._touched
-        max_t = self.max_event_ms
-        source_max = self._source_max
-        source_seen = self._source_seen
-        wm = self.watermark_ms(wall_now)
+        clock = self.clock
+        max_t = clock.max_event_ms
+        source_max = clock.source_max
+        source_seen = clock.source_seen
+        wm = clock.watermark_ms(wall_now)
         high = wm if wm is not None else -(2**62)
         threshold = None if wm is None else wm - self.allowed_lateness_ms
-        slowest = None if wm is None else self._slowest_source_ms(wall_now)
+        slowest = None if wm is None else clock.slowest_source_ms(wall_now)
         for entity, t, inputs, source, ref in rows:
             if threshold is not None and t < threshold:
                 late.append(ref)
@@ -189,10 +168,10 @@ class ShardAggregator:
                 source_max[source] = t
                 if max_t is None or t > max_t:
                     max_t = t
-                    self._wall_at_max = wall_now
-                    self.max_event_ms = max_t
+                    clock.wall_at_max = wall_now
+                    clock.max_event_ms = max_t
                 if cur is None or cur == slowest:  # only then can the slowest source move
-                    slowest = self._slowest_source_ms(wall_now)
+                    slowest = clock.slowest_source_ms(wall_now)
                     if slowest is not None:
                         threshold = max(high, slowest - self.out_of_orderness_ms) - self.allowed_lateness_ms
             for g in groups:
@@ -215,9 +194,9 @@ class ShardAggregator:
             dirty.add(entity)
             touched.add(entity)
             self.accepted += 1
-        self.max_event_ms = max_t
+        clock.max_event_ms = max_t
         self.late += len(late)
-        self.watermark_ms(wall_now)
+        clock.watermark_ms(wall_now)
         self.expire(wall_now)
         return late
 
@@ -343,9 +322,7 @@ class ShardAggregator:
         """Plain, picklable state (HLL sketches serialised)."""
         enc = self.program.encode_partial
         return {
-            "max_event_ms": self.max_event_ms,
-            "source_max": dict(self._source_max),
-            "wm_high": self._wm_high,
+            **self.clock.snapshot(),
             "asof_high": self._asof_high,
             "touched": sorted(self._touched),
             "last_event": dict(self._last_event),
@@ -365,13 +342,9 @@ class ShardAggregator:
     def restore(self, state: dict[str, Any], wall_now: float) -> None:
         """Load a :meth:`snapshot` (the spec must be unchanged)."""
         dec = self.program.decode_partial
-        self.max_event_ms = state["max_event_ms"]
-        self._source_max = dict(state["source_max"])
-        self._source_seen = {s: wall_now for s in (*self._expected, *self._source_max)}
-        self._wm_high = state["wm_high"]
+        self.clock.restore(state, wall_now)
         self._asof_high = state["asof_high"]
         self._touched = set(state["touched"])
-        self._wall_at_max = wall_now
         self._last_event = dict(state["last_event"])
         self._dirty = set(state["dirty"])
         self.late = state.get("late", 0)

@@ -114,8 +114,11 @@ def prediction_from_dict(d: Any) -> PredictionRecord:
     if not isinstance(features, dict):
         raise BadRecord("wrong_type", f"features must be an object, got {type(features).__name__}")
     entity_ids = d.get("entity_ids") or {}
-    if not isinstance(entity_ids, dict) or not all(isinstance(v, str) for v in entity_ids.values()):
+    if entity_ids.__class__ is not dict:
         raise BadRecord("wrong_type", "entity_ids must be an object of strings")
+    for v in entity_ids.values():
+        if v.__class__ is not str:
+            raise BadRecord("wrong_type", "entity_ids must be an object of strings")
     arm = d.get("arm")
     if arm is not None and (isinstance(arm, bool) or not isinstance(arm, (str, int))):
         raise BadRecord("wrong_type", f"arm must be a string or int, got {arm!r}")

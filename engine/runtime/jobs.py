@@ -15,7 +15,11 @@ from engine.config import RtmlConfig, to_env
 from engine.runtime.ports import free_port
 from engine.runtime.supervisor import ProcessSpec
 
+# Import strings, not imports: importing dataflows pulls in Bytewax.
 FEATURES_FLOW = "dataflows.features:flow_from_env()"
+LEARNING_FLOW = "dataflows.learning:flow_from_env()"
+DRIFT_FLOW = "dataflows.drift:flow_from_env()"
+JOBS = ("features", "learning", "drift")
 
 
 def init_recovery(directory: str | Path, partitions: int) -> None:
@@ -34,7 +38,8 @@ def _worker_ports(cfg: RtmlConfig, n: int) -> list[int]:
     the processes themselves, so they are excluded explicitly (a collision made a metrics
     scrape land on a Bytewax socket).
     """
-    reserved = {cfg.metrics.port + i for i in range(n)} | {cfg.metrics.supervisor_port}
+    m = cfg.metrics
+    reserved = {port + i for port in (m.port, m.learning_port, m.drift_port) for i in range(n)} | {m.supervisor_port}
     ports: list[int] = []
     while len(ports) < n:
         port = free_port()
@@ -43,15 +48,26 @@ def _worker_ports(cfg: RtmlConfig, n: int) -> list[int]:
     return ports
 
 
-def dataflow_specs(cfg: RtmlConfig, flow: str = FEATURES_FLOW, name: str = "features") -> list[ProcessSpec]:
-    """Process specs for one dataflow job, with recovery when configured."""
+def dataflow_specs(
+    cfg: RtmlConfig,
+    flow: str = FEATURES_FLOW,
+    name: str = "features",
+    *,
+    processes: int | None = None,
+    recovery_dir: str | Path | None = None,
+    recovery: bool | None = None,
+) -> list[ProcessSpec]:
+    """Process specs for one dataflow job, with recovery when configured.
+
+    Defaults follow ``pipeline`` (processes, recovery, ``<recovery_dir>/<name>``).
+    """
     p = cfg.pipeline
-    n = p.processes
+    n = p.processes if processes is None else processes
     base = [sys.executable, "-m", "bytewax.run", flow]
-    if p.recovery and p.recovery_dir:
-        recovery = Path(p.recovery_dir) / name
-        init_recovery(recovery, n)
-        base += ["-r", str(recovery), "-s", str(p.snapshot_interval_s), "-b", "0"]
+    if (p.recovery if recovery is None else recovery) and (recovery_dir or p.recovery_dir):
+        directory = Path(recovery_dir) if recovery_dir else Path(p.recovery_dir or "") / name
+        init_recovery(directory, n)
+        base += ["-r", str(directory), "-s", str(p.snapshot_interval_s), "-b", "0"]
     addresses = ";".join(f"127.0.0.1:{port}" for port in _worker_ports(cfg, n)) if n > 1 else ""
     env = to_env(cfg)
     specs = []
@@ -61,3 +77,17 @@ def dataflow_specs(cfg: RtmlConfig, flow: str = FEATURES_FLOW, name: str = "feat
             argv += ["-i", str(i), "-a", addresses]
         specs.append(ProcessSpec(f"{name}-{i}", argv, {**env, "RTML_PROCESS_INDEX": str(i)}))
     return specs
+
+
+def job_specs(cfg: RtmlConfig, job: str) -> list[ProcessSpec]:
+    """Process specs of a named job: ``features`` (``pipeline.processes`` processes),
+    ``learning`` (one process: each learner is one sequential model) or ``drift`` (one)."""
+    if job == "features":
+        return dataflow_specs(cfg)
+    if job == "learning":
+        lc = cfg.learning
+        return dataflow_specs(cfg, LEARNING_FLOW, "learning", processes=1, recovery=lc.recovery,
+                              recovery_dir=lc.recovery_dir)
+    if job == "drift":
+        return dataflow_specs(cfg, DRIFT_FLOW, "drift", processes=1)
+    raise ValueError(f"unknown job {job!r}; known: {', '.join(JOBS)}")

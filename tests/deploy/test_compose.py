@@ -24,7 +24,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"kafka", "topic-init", "redis", "features", "prometheus"}
+SERVICES = {"kafka", "topic-init", "redis", "features", "prometheus", "learning", "drift"}
 
 
 def _compose() -> dict[str, Any]:

@@ -55,6 +55,14 @@ def test_operations_lists_every_metric(tmp_path: Path) -> None:
     assert not missing, f"metrics missing from docs/operations.md: {missing}"
 
 
+def test_learning_lists_every_metric() -> None:
+    from engine.metrics import LearningMetrics
+
+    text = _read("learning.md")
+    missing = sorted(n for n in _exposed_names(LearningMetrics().registry) if f"`{n}`" not in text)
+    assert not missing, f"metrics missing from docs/learning.md: {missing}"
+
+
 def test_events_lists_every_reason_and_dlq_header() -> None:
     text = _read("events.md")
     for reason in (*REASONS, dlq.LATE):

@@ -27,11 +27,11 @@ def _rtml(*args: str, env: dict[str, str], **kw) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, **kw)
 
 
-def _dataflow_pids(up: subprocess.Popen[bytes]) -> list[int]:
+def _dataflow_pids(up: subprocess.Popen[bytes], flow: str = "dataflows.features") -> list[int]:
     pids = []
     for p in psutil.Process(up.pid).children(recursive=True):
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and "bytewax.run" in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and f"{flow}:" in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:  # exited between listing and inspection
             continue
@@ -48,6 +48,8 @@ def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(sta
         "RTML_KAFKA_EVENTS_TOPIC": topic, "RTML_KAFKA_ALERTS_TOPIC": alerts,
         "RTML_REDIS_KEY_PREFIX": f"up{suffix}", "RTML_METRICS_PORT": str(port),
         "RTML_METRICS_SUPERVISOR_PORT": str(supervisor_port),
+        "RTML_METRICS_LEARNING_PORT": str(free_port()), "RTML_METRICS_DRIFT_PORT": str(free_port()),
+        "RTML_LEARNING_PREDICTIONS_TOPIC": f"predictions-up-{suffix}", "RTML_KAFKA_LABELS_TOPIC": f"labels-up-{suffix}",
         "RTML_DATA_DIR": str(tmp_path), "RTML_PIPELINE_RECOVERY_DIR": str(tmp_path / "recovery"),
         "RTML_SUPERVISOR_STALL_AFTER_S": "2", "RTML_SUPERVISOR_CHECK_INTERVAL_S": "0.5",
         "RTML_SUPERVISOR_BACKOFF_INITIAL_S": "0.2",
@@ -69,6 +71,8 @@ def test_rtml_up_restarts_crashed_dataflow_alerts_on_stall_and_stops_cleanly(sta
                                    "--users", "50", "--items", "20"], env=env, capture_output=True, timeout=60)
         assert produced.returncode == 0, produced.stderr.decode()[-2000:]
         assert wait_until(lambda: len(list(client.scan_iter(f"up{suffix}:user:*"))) >= 40, 60)
+        # The learning and drift dataflows run beside the features dataflow.
+        assert wait_until(lambda: _dataflow_pids(up, "dataflows.learning") and _dataflow_pids(up, "dataflows.drift"), 30)
 
         # A segfaulting dataflow process is restarted by the supervisor.
         [pid] = _dataflow_pids(up)

@@ -87,3 +87,40 @@ class PredictResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[InstanceResult]
     feature_age_ms: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., results: _Optional[_Iterable[_Union[InstanceResult, _Mapping]]] = ..., feature_age_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ChooseRequest(_message.Message):
+    __slots__ = ("bandit", "request_id", "entity_ids", "context", "n", "exclude")
+    class EntityIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    bandit: str
+    request_id: str
+    entity_ids: _containers.ScalarMap[str, str]
+    context: _containers.RepeatedScalarFieldContainer[float]
+    n: int
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bandit: _Optional[str] = ..., request_id: _Optional[str] = ..., entity_ids: _Optional[_Mapping[str, str]] = ..., context: _Optional[_Iterable[float]] = ..., n: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChooseResponse(_message.Message):
+    __slots__ = ("request_id", "bandit", "arms", "policy", "state_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    bandit: str
+    arms: _containers.RepeatedScalarFieldContainer[str]
+    policy: str
+    state_version: int
+    def __init__(self, request_id: _Optional[str] = ..., bandit: _Optional[str] = ..., arms: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., state_version: _Optional[int] = ...) -> None: ...

@@ -101,3 +101,91 @@ class Prediction:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class BanditsStub:
+    """Multi-armed bandit decisions. Method path: /rtml.v1.Bandits/Choose.
+
+    A service of its own (not a Prediction method): bandits need no model, so they answer
+    while models load, and clients and proxies can route them apart from model traffic.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Choose = channel.unary_unary(
+                '/rtml.v1.Bandits/Choose',
+                request_serializer=proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseRequest.SerializeToString,
+                response_deserializer=proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseResponse.FromString,
+                _registered_method=True)
+
+
+class BanditsServicer:
+    """Multi-armed bandit decisions. Method path: /rtml.v1.Bandits/Choose.
+
+    A service of its own (not a Prediction method): bandits need no model, so they answer
+    while models load, and clients and proxies can route them apart from model traffic.
+    """
+
+    def Choose(self, request, context):
+        """Choose arms of one bandit (the server's --bandits specs). Errors come back as a gRPC
+        status: NOT_FOUND for an unknown bandit, INVALID_ARGUMENT for a context of the wrong
+        length or with non-finite values, an unknown arm in `exclude`, or more arms asked for
+        than are left; UNAVAILABLE when the bandit state (Redis) cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BanditsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Choose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Choose,
+                    request_deserializer=proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseRequest.FromString,
+                    response_serializer=proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'rtml.v1.Bandits', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('rtml.v1.Bandits', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Bandits:
+    """Multi-armed bandit decisions. Method path: /rtml.v1.Bandits/Choose.
+
+    A service of its own (not a Prediction method): bandits need no model, so they answer
+    while models load, and clients and proxies can route them apart from model traffic.
+    """
+
+    @staticmethod
+    def Choose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtml.v1.Bandits/Choose',
+            proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseRequest.SerializeToString,
+            proto_dot_rtml_dot_v1_dot_serving__pb2.ChooseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,127 @@
+"""One online learner: predict, score, learn -- in River's progressive-validation order.
+
+For every joined example, :meth:`OnlineLearner.learn` does exactly what
+``river.evaluate.progressive_val_score`` does: predict with the current model, update the
+metrics only when the prediction is not empty, then ``learn_one``. The decision is the most
+probable class (River's ``predict_one``: a 0.5/0.5 tie goes to the first class, False). The
+0/1 error of each decision feeds a concept-drift detector that alerts only when the error
+*rises* (:class:`~engine.drift.detectors.ErrorRiseDetector`); with ``on_drift="reset"`` the
+model then starts afresh.
+
+>>> from engine.learning.learners import LearnerSpec
+>>> from engine.learning.records import JoinedExample, PredictionRecord
+>>> learner = OnlineLearner(LearnerSpec(name="ctr", kind="logistic_regression"))
+>>> for i in range(200):
+...     x = {"request.a": float(i % 2)}
+...     rec = PredictionRecord(f"r{i}", "ctr", "1", "primary", 1_000 + i, None, x)
+...     _ = learner.learn(JoinedExample(rec, float(i % 2), "label", 1_001 + i))
+>>> learner.validation.report()["accuracy"] > 0.95, learner.features
+(True, ['request.a'])
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Mapping
+
+from engine.drift.detectors import DetectorName, ErrorRiseDetector
+from engine.learning.evaluation import ProgressiveValidation
+from engine.learning.learners import LearnerSpec, build_model
+from engine.learning.records import JoinedExample
+
+
+class OnlineLearner:
+    """A River model learning from joined examples, with its progressive metrics and detector."""
+
+    def __init__(
+        self,
+        spec: LearnerSpec,
+        *,
+        window: int = 5_000,
+        detector: DetectorName = "hddm_a",
+        on_drift: Literal["alert", "reset"] = "alert",
+    ) -> None:
+        self.spec = spec
+        self.model = build_model(spec)
+        self.validation = ProgressiveValidation(window)
+        self.detector = ErrorRiseDetector(detector)
+        self.on_drift = on_drift
+        self.features: list[str] = list(spec.features or ())
+        self._fixed_features = spec.features is not None
+        self._known = set(self.features)
+        self.seen = 0
+        self.since_snapshot = 0
+        self.last_snapshot_s = time.time()
+        self.drifts = 0
+        self.resets = 0
+        self.skipped_no_features = 0
+
+    def features_of(self, values: Mapping[str, Any]) -> dict[str, float]:
+        """The model input: the spec's features (or every numeric one), in a stable order."""
+        x: dict[str, float] = {}
+        names = self.features if self._fixed_features else values
+        for name in names:
+            v = values.get(name)
+            if v.__class__ is not float:
+                if v.__class__ is not int:  # bool, str, None, nested values: not a number
+                    continue
+                v = float(v)  # type: ignore[arg-type]
+            if v - v != 0.0:  # inf or nan
+                continue
+            x[name] = v  # type: ignore[assignment]
+        if not self._fixed_features and not self._known.issuperset(x):
+            for name in x:
+                if name not in self._known:
+                    self._known.add(name)
+                    self.features.append(name)
+        return x
+
+    def learn(self, example: JoinedExample) -> bool:
+        """Predict, score, learn one example; True when concept drift was detected on it."""
+        x = self.features_of(example.features)
+        if not x:
+            self.skipped_no_features += 1
+            return False
+        y = example.label >= 0.5
+        proba = self.model.predict_proba_one(x)
+        drift = False
+        if proba:
+            y_pred = max(proba, key=proba.get)
+            self.validation.update(y, float(proba.get(True, 0.0)), y_pred)
+            drift = self.detector.update(y_pred != y)
+        self.model.learn_one(x, y)
+        self.seen += 1
+        self.since_snapshot += 1
+        if drift:
+            self.drifts += 1
+            if self.on_drift == "reset":
+                self.reset()
+        return drift
+
+    def reset(self) -> None:
+        """Start the model afresh (metrics and counters continue)."""
+        self.model = build_model(self.spec)
+        self.detector.reset()
+        self.resets += 1
+
+    def snapshot_due(self, every_examples: int, every_s: float, now_s: float) -> bool:
+        """True when enough examples or time passed since the last snapshot (and it learnt)."""
+        if self.since_snapshot == 0:
+            return False
+        return self.since_snapshot >= every_examples or now_s - self.last_snapshot_s >= every_s
+
+    def mark_snapshot(self, now_s: float) -> None:
+        self.since_snapshot = 0
+        self.last_snapshot_s = now_s
+
+    def report(self) -> dict[str, Any]:
+        """Progressive metrics plus counters, as published to the metrics topic."""
+        return {
+            "learner": self.spec.name,
+            "kind": self.spec.kind,
+            "examples": self.seen,
+            "drifts": self.drifts,
+            "resets": self.resets,
+            "skipped_no_features": self.skipped_no_features,
+            **self.validation.report(),
+        }

@@ -1,0 +1,105 @@
+"""Event-time watermarks over several source partitions (the features and learning dataflows).
+
+The watermark follows the *slowest active* source partition, as in Flink: a partition read
+behind the others does not make its events late. A partition silent for ``source_idle_ms``
+(wall clock) stops holding the watermark back; an *expected* partition that has not been
+heard from yet holds it back (until idle). With ``idle_advance`` a quiet stream's watermark
+moves on with the wall clock, so windows close without new events. The watermark never
+moves back.
+
+>>> wm = SourceWatermark(out_of_orderness_ms=1_000, sources=[("t", 0), ("t", 1)])
+>>> wm.observe(("t", 0), 10_000, wall_now=0.0)
+>>> wm.watermark_ms(wall_now=0.0) is None  # partition 1 not heard from yet
+True
+>>> wm.observe(("t", 1), 7_000, wall_now=0.0)
+>>> wm.watermark_ms(wall_now=0.0)
+6000
+>>> wm.watermark_ms(wall_now=20.0)  # partition 1 silent past source_idle_ms: 0 no longer holds back
+9000
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Iterable
+
+
+class SourceWatermark:
+    """Per-source maximum event times, and the watermark they allow."""
+
+    def __init__(
+        self,
+        *,
+        out_of_orderness_ms: int,
+        source_idle_ms: int = 10_000,
+        idle_advance: bool = False,
+        sources: Iterable[Hashable] = (),
+        wall_now: float = 0.0,
+    ) -> None:
+        self.out_of_orderness_ms = out_of_orderness_ms
+        self.source_idle_ms = source_idle_ms
+        self.idle_advance = idle_advance
+        self.expected = tuple(sources)
+        # Read and written directly by hot loops (ShardAggregator.ingest) for speed.
+        self.source_max: dict[Hashable, int] = {}
+        self.source_seen: dict[Hashable, float] = {s: wall_now for s in self.expected}
+        self.max_event_ms: int | None = None
+        self.wall_at_max = 0.0
+        self.high: int | None = None
+
+    def observe(self, source: Hashable, t: int, wall_now: float) -> None:
+        """Record an event at time ``t`` from ``source``."""
+        self.source_seen[source] = wall_now
+        cur = self.source_max.get(source)
+        if cur is None or t > cur:
+            self.source_max[source] = t
+            if self.max_event_ms is None or t > self.max_event_ms:
+                self.max_event_ms = t
+                self.wall_at_max = wall_now
+
+    def heard(self, source: Hashable, wall_now: float) -> None:
+        """``source`` is alive (e.g. it delivered only records without event time)."""
+        self.source_seen[source] = wall_now
+
+    def idle_ms(self, wall_now: float) -> int:
+        """How far idle advance moves the watermark past the newest event (0 when off)."""
+        if not self.idle_advance or self.max_event_ms is None:
+            return 0
+        return max(0, int((wall_now - self.wall_at_max) * 1000))
+
+    def slowest_source_ms(self, wall_now: float) -> int | None:
+        """Newest event time of the active source furthest behind (None: one is unheard of)."""
+        horizon = wall_now - self.source_idle_ms / 1000
+        slowest: int | None = None
+        for source, seen_at in self.source_seen.items():
+            if seen_at < horizon:
+                continue  # silent for too long: it must not stall everyone else
+            t = self.source_max.get(source)
+            if t is None:
+                return None  # expected, not heard from yet
+            if slowest is None or t < slowest:
+                slowest = t
+        if slowest is None:  # every source idle: the newest time is the best guess
+            return max(self.source_max.values()) if self.source_max else None
+        return slowest
+
+    def watermark_ms(self, wall_now: float) -> int | None:
+        """Event time before which no more on-time events are expected; monotone."""
+        slowest = self.slowest_source_ms(wall_now)
+        if slowest is None:
+            return self.high
+        raw = slowest - self.out_of_orderness_ms + self.idle_ms(wall_now)
+        if self.high is None or raw > self.high:
+            self.high = raw
+        return self.high
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, picklable state."""
+        return {"max_event_ms": self.max_event_ms, "source_max": dict(self.source_max), "wm_high": self.high}
+
+    def restore(self, state: dict[str, Any], wall_now: float) -> None:
+        """Load a :meth:`snapshot`; every known source counts as just heard from."""
+        self.max_event_ms = state["max_event_ms"]
+        self.source_max = dict(state["source_max"])
+        self.source_seen = {s: wall_now for s in (*self.expected, *self.source_max)}
+        self.high = state["wm_high"]
+        self.wall_at_max = wall_now
