@@ -46,12 +46,18 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
+from benchmarks.report import (
+    fmt_rate,
+    machine_description,
+    machine_line,
+    reprint_from_json,
+    update_readme_table,
+    write_result,
+)
 from engine.bandits.policies import EpsilonGreedy, LinUCB, ThompsonSampling, UCB1
 
 NAME = "bandits"
@@ -513,13 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="run nothing: print the table of an earlier result file (and update the README)")
     args = p.parse_args(argv)
     if args.from_json:
-        import json
-
-        table = markdown_table(json.loads(Path(args.from_json).read_text()))
-        print(table)
-        if not args.no_readme:
-            update_readme_table(args.name, table)
-        return 0
+        return reprint_from_json(args.from_json, args.name, markdown_table, not args.no_readme)
     plan = Plan.quick() if args.quick else Plan()
     if args.rounds is not None:
         plan = dataclasses.replace(plan, rounds=args.rounds)

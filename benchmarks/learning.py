@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 

@@ -17,7 +17,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -109,6 +109,16 @@ def update_readme_table(name: str, markdown: str, readme: str | os.PathLike[str]
     if new != text:
         path.write_text(new)
     return True
+
+
+def reprint_from_json(path: str | os.PathLike[str], name: str, table: Callable[[dict[str, Any]], str],
+                      readme: bool = True) -> int:
+    """``--from-json``: print the table of an earlier result file (and update the README); 0."""
+    markdown = table(json.loads(Path(path).read_text()))
+    print(markdown)
+    if readme:
+        update_readme_table(name, markdown)
+    return 0
 
 
 def write_result(name: str, result: dict[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:

@@ -59,7 +59,15 @@ import numpy as np
 
 from benchmarks import load
 from benchmarks.models import BENCH_MODELS, BenchModel, write_repository
-from benchmarks.report import REPO_ROOT, fmt_rate, machine_description, machine_line, update_readme_table, write_result
+from benchmarks.report import (
+    REPO_ROOT,
+    fmt_rate,
+    machine_description,
+    machine_line,
+    reprint_from_json,
+    update_readme_table,
+    write_result,
+)
 
 NAME = "serving"
 FLOOR_BATCHES = (1, 8, 32, 128)
@@ -658,13 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.from_json:
-        import json
-
-        table = markdown_table(json.loads(Path(args.from_json).read_text()))
-        print(table)
-        if not args.no_readme:
-            update_readme_table(args.name, table)
-        return 0
+        return reprint_from_json(args.from_json, args.name, markdown_table, not args.no_readme)
 
     procs = args.client_processes or (4 if (os.cpu_count() or 2) >= 8 else 2)
     plan = RunPlan.quick(procs) if args.quick else RunPlan(client_processes=procs)

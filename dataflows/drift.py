@@ -31,7 +31,6 @@ restore, windows closed after the snapshot are tested again and their alerts re-
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -274,13 +273,6 @@ def flow_from_env() -> Dataflow:
     """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment."""
     cfg = load_config()
     metrics = DriftMetrics()
-    if cfg.metrics.enabled and cfg.metrics.drift_port:
-        metrics.serve(cfg.metrics.drift_port + int(os.environ.get("RTML_PROCESS_INDEX", "0")))
-    source = KafkaBatchSource(
-        cfg.kafka.bootstrap or "",
-        [cfg.learning.predictions_topic],
-        batch_size=cfg.kafka.consume_batch_size,
-        fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
-        metrics=metrics,
-    )
+    metrics.serve_for_process(cfg.metrics.drift_port, cfg.metrics.enabled)
+    source = KafkaBatchSource.from_config(cfg, [cfg.learning.predictions_topic], metrics)
     return build_drift_flow(cfg, source, metrics=metrics)

@@ -11,7 +11,6 @@ The same :func:`build_features_flow` runs over files for backfill (dataflows/bac
 from __future__ import annotations
 
 import gc
-import os
 import time
 from typing import Callable, Sequence
 
@@ -124,15 +123,8 @@ def flow_from_env() -> Dataflow:
     """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment."""
     cfg = load_config()
     metrics = PipelineMetrics()
-    if cfg.metrics.enabled:
-        metrics.serve(cfg.metrics.port + int(os.environ.get("RTML_PROCESS_INDEX", "0")) if cfg.metrics.port else 0)
-    source = KafkaBatchSource(
-        cfg.kafka.bootstrap or "",
-        [cfg.kafka.events_topic],
-        batch_size=cfg.kafka.consume_batch_size,
-        fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
-        metrics=metrics,
-    )
+    metrics.serve_for_process(cfg.metrics.port, cfg.metrics.enabled)
+    source = KafkaBatchSource.from_config(cfg, [cfg.kafka.events_topic], metrics)
     flow = build_features_flow(cfg, views_from_config(cfg), source, metrics=metrics)
     tune_gc()
     return flow

@@ -19,7 +19,6 @@ sections, see docs/learning.md).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Sequence
 
@@ -159,15 +158,8 @@ def flow_from_env() -> Dataflow:
     """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment."""
     cfg = load_config()
     metrics = LearningMetrics()
-    if cfg.metrics.enabled and cfg.metrics.learning_port:
-        metrics.serve(cfg.metrics.learning_port + int(os.environ.get("RTML_PROCESS_INDEX", "0")))
-    source = KafkaBatchSource(
-        cfg.kafka.bootstrap or "",
-        list(input_topics(cfg)),
-        batch_size=cfg.kafka.consume_batch_size,
-        fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
-        metrics=metrics,
-    )
+    metrics.serve_for_process(cfg.metrics.learning_port, cfg.metrics.enabled)
+    source = KafkaBatchSource.from_config(cfg, list(input_topics(cfg)), metrics)
     return build_learning_flow(
         cfg, source, learners=learners_from_config(cfg), bandits=bandits_from_config(cfg), metrics=metrics
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,11 @@ class SourceMetrics:
         """Expose /metrics on ``port`` (0 disables)."""
         if port:
             start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def serve_for_process(self, base_port: int, enabled: bool = True) -> None:
+        """Expose /metrics on ``base_port`` + this process's index (``RTML_PROCESS_INDEX``)."""
+        if enabled and base_port:
+            self.serve(base_port + int(os.environ.get("RTML_PROCESS_INDEX", "0")))
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -21,6 +21,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from engine.metrics import SourceMetrics
+
+if TYPE_CHECKING:
+    from engine.config import RtmlConfig
 
 # (offset, value, headers or None)
 RawMessage = tuple[int, bytes | None, list[tuple[str, bytes]] | None]
@@ -146,6 +149,17 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self.starting_offset = starting_offset
         self.metrics = metrics
         self.extra_config = extra_config or {}
+
+    @classmethod
+    def from_config(cls, cfg: "RtmlConfig", topics: Sequence[str], metrics: SourceMetrics | None = None) -> "KafkaBatchSource":
+        """The live source of a dataflow: ``topics`` with the ``kafka`` section's settings."""
+        return cls(
+            cfg.kafka.bootstrap or "",
+            topics,
+            batch_size=cfg.kafka.consume_batch_size,
+            fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
+            metrics=metrics,
+        )
 
     def source_ids(self) -> list[tuple[str, int]]:
         """(topic, partition) of every input partition: the sources a watermark waits for."""

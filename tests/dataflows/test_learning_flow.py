@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
-import redis
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, Producer, TopicPartition
 from river import datasets, linear_model, metrics, preprocessing
