@@ -7,7 +7,7 @@ Run it with Bytewax (``rtml up`` can run it under the supervisor, like the featu
 Steps:
 
 1. :class:`~operators.sources.KafkaBatchSource` on ``learning.predictions_topic``;
-2. parse every message with :func:`engine.learning.records.parse_prediction`; a bad one goes
+2. parse every message with :func:`engine.learning.records.prediction_or_dead_letter`; a bad one goes
    to ``<predictions topic><pipeline.dlq_suffix>`` with the parser's reason (``undecodable``,
    ``missing_field``, ``wrong_type``) in the ``rtml.dlq.reason`` header;
 3. records keyed by model into a stateful step holding a
@@ -44,7 +44,7 @@ from engine.alerts import DriftAlert
 from engine.config import RtmlConfig, load_config
 from engine.drift.monitor import DriftMonitor, MonitorOutput, ObserveCounts, Reference, load_reference
 from engine.events.dlq import DeadLetter
-from engine.learning.records import BadRecord, PredictionRecord, parse_prediction
+from engine.learning.records import PredictionRecord, prediction_or_dead_letter
 from engine.metrics import DriftMetrics
 from engine.watermark import SourceWatermark
 from operators.sinks import AlertSink, DeadLetterSink
@@ -124,14 +124,11 @@ def parse_batch(
     now = now_ms()
     for offset, value, headers in batch.messages:
         raw = value if value is not None else b""
-        try:
-            rec = parse_prediction(raw)
-        except BadRecord as exc:
-            out.dead.append(
-                DeadLetter(exc.reason, exc.detail, batch.topic, batch.partition, offset, raw, now, tuple(headers or ()))
-            )
-            continue
-        out.by_model.setdefault(rec.model, []).append(rec)
+        rec = prediction_or_dead_letter(raw, batch.topic, batch.partition, offset, headers, now)
+        if isinstance(rec, DeadLetter):
+            out.dead.append(rec)
+        else:
+            out.by_model.setdefault(rec.model, []).append(rec)
     if metrics is not None:
         metrics.events_valid.labels(batch.topic).inc(sum(len(r) for r in out.by_model.values()))
         for dl in out.dead:
@@ -171,13 +168,7 @@ class DriftLogic(StatefulBatchLogic[ModelInput, DriftOutput, dict[str, Any]]):
         self.timing = timing
         now = clock()
         self.monitor = DriftMonitor(cfg.drift, reference)
-        self.watermark = SourceWatermark(
-            out_of_orderness_ms=timing.out_of_orderness_ms,
-            source_idle_ms=timing.source_idle_ms,
-            idle_advance=timing.idle_advance,
-            sources=timing.sources,
-            wall_now=now,
-        )
+        self.watermark = SourceWatermark.from_timing(timing, now)
         self.model = ""
         if resume is not None:
             self.model = resume["model"]

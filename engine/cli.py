@@ -57,15 +57,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish_alert(bootstrap: str, topic: str, payload: dict) -> None:
-    from engine.alerts import AlertPublisher
-
-    publisher = AlertPublisher(bootstrap, topic)
-    publisher.publish(payload)
-    publisher.flush(5)
-
-
 def cmd_up(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from engine.alerts import AlertPublisher
     from engine.runtime.jobs import JOBS, job_specs
     from engine.runtime.progress import pipeline_progress
     from engine.runtime.stack import LocalStack
@@ -87,11 +82,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 shutil.rmtree(Path(directory or ""), ignore_errors=True)
         print(f"kafka {cfg.kafka.bootstrap}  redis {cfg.redis.url}  metrics :{cfg.metrics.port}+", flush=True)
 
+        publisher = AlertPublisher(cfg.kafka.bootstrap, cfg.kafka.alerts_topic)
+
         def on_alert(alert: Alert) -> None:
-            _publish_alert(cfg.kafka.bootstrap or "", cfg.kafka.alerts_topic, {
-                "kind": alert.kind, "message": alert.message, "consumed": alert.consumed,
-                "available": alert.available, "stalled_for_s": alert.stalled_for_s, "at": alert.at,
-            })
+            publisher.publish(asdict(alert))
+            publisher.flush(5)
 
         jobs = [job for job in JOBS if job not in (args.without or [])]
         specs = [spec for job in jobs for spec in job_specs(cfg, job)]

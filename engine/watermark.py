@@ -20,7 +20,20 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable, Iterable, Protocol
+
+
+class WatermarkTiming(Protocol):
+    """The settings a watermark is built from (join, drift and aggregation settings have them)."""
+
+    @property
+    def out_of_orderness_ms(self) -> int: ...
+    @property
+    def source_idle_ms(self) -> int: ...
+    @property
+    def idle_advance(self) -> bool: ...
+    @property
+    def sources(self) -> tuple[Hashable, ...]: ...
 
 
 class SourceWatermark:
@@ -45,6 +58,17 @@ class SourceWatermark:
         self.max_event_ms: int | None = None
         self.wall_at_max = 0.0
         self.high: int | None = None
+
+    @classmethod
+    def from_timing(cls, timing: WatermarkTiming, wall_now: float = 0.0) -> "SourceWatermark":
+        """A watermark with ``timing``'s settings."""
+        return cls(
+            out_of_orderness_ms=timing.out_of_orderness_ms,
+            source_idle_ms=timing.source_idle_ms,
+            idle_advance=timing.idle_advance,
+            sources=timing.sources,
+            wall_now=wall_now,
+        )
 
     def observe(self, source: Hashable, t: int, wall_now: float) -> None:
         """Record an event at time ``t`` from ``source``."""

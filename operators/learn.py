@@ -28,7 +28,7 @@ from engine.events.validation import Invalid, validate_interaction, validate_lab
 from engine.learning.join import JoinSettings, LabelIn, LabelJoiner
 from engine.learning.learners import LearnerSpec
 from engine.learning.online import OnlineLearner
-from engine.learning.records import BadRecord, JoinedExample, PredictionRecord, parse_prediction
+from engine.learning.records import JoinedExample, PredictionRecord, prediction_or_dead_letter
 from engine.learning.snapshots import publish_snapshot
 from engine.metrics import LearningMetrics
 from operators.sources import RawBatch
@@ -91,10 +91,9 @@ def parse_batch(batch: RawBatch, settings: ParseSettings, now_ms: Callable[[], i
         raw = value if value is not None else b""
         hdrs = tuple(headers or ())
         if kind == "prediction":
-            try:
-                rec = parse_prediction(raw)
-            except BadRecord as exc:
-                dead.append(DeadLetter(exc.reason, exc.detail, batch.topic, batch.partition, offset, raw, now, hdrs))
+            rec = prediction_or_dead_letter(raw, batch.topic, batch.partition, offset, headers, now)
+            if isinstance(rec, DeadLetter):
+                dead.append(rec)
                 continue
             parts[shard_of(rec.request_id, shards)].predictions.append(rec)
             t = rec.event_time_ms
@@ -189,7 +188,7 @@ class JoinLogic(StatefulBatchLogic[JoinInput, JoinOutput, dict[str, Any]]):
 
     def notify_at(self) -> datetime | None:
         # Idle advance closes windows while the input is quiet.
-        if self.settings.idle_advance and self.joiner.waiting:
+        if self.settings.idle_advance and self.joiner.has_waiting:
             return datetime.now(timezone.utc) + timedelta(seconds=_IDLE_TICK_S)
         return None
 

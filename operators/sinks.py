@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import orjson
 import redis
@@ -13,17 +13,44 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
 from engine.alerts import AlertHook, AlertPublisher, DriftAlert, load_hook
+from engine.bandits.rewards import BanditRewarder
+from engine.bandits.spec import BanditSpec
 from engine.events.dlq import DeadLetter, dlq_topic
 from engine.features.offline import OfflineLogWriter
 from engine.features.online import OnlineStore
 from engine.features.spec import FeatureView
-from engine.metrics import LearningMetrics, PipelineMetrics, SourceMetrics
-from engine.bandits.rewards import BanditRewarder
-from engine.bandits.spec import BanditSpec
 from engine.learning.records import JoinedExample
+from engine.metrics import LearningMetrics, PipelineMetrics, SourceMetrics
 from operators.aggregate import ShardOutput
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_DELIVERY_TIMEOUT_S = 30
+
+
+def _retry_redis(write: Callable[[], T], what: str, on_error: Callable[[], None] | None = None) -> T:
+    """Run ``write`` until Redis takes it, backing off 0.1 s doubling to 5 s; the dataflow waits.
+
+    Only for idempotent or all-or-nothing writes, where a retry cannot apply anything twice.
+    """
+    delay = 0.1
+    while True:
+        try:
+            return write()
+        except redis.RedisError as exc:
+            if on_error is not None:
+                on_error()
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _wait_delivered(flush: Callable[[float], int], what: str) -> None:
+    """Nothing acknowledged may vanish: wait for Kafka to take the batch before it counts as done."""
+    remaining = flush(_DELIVERY_TIMEOUT_S)
+    if remaining:
+        raise RuntimeError(f"{remaining} {what} not delivered to Kafka within {_DELIVERY_TIMEOUT_S} s")
 
 
 class _RedisPartition(StatelessSinkPartition[ShardOutput]):
@@ -40,19 +67,18 @@ class _RedisPartition(StatelessSinkPartition[ShardOutput]):
             self._write(view, rows)
 
     def _write(self, view: str, rows: list) -> None:
-        delay = 0.1
-        while True:  # values are absolute, so a retried write can never double count
+        def attempt() -> tuple[float, int]:
             started = time.perf_counter()
-            try:
-                wall_ms = int(time.time() * 1000)
-                self._store.write_running(view, rows, wall_ms)
-                break
-            except redis.RedisError as exc:
-                if self._metrics is not None:
-                    self._metrics.redis_errors.labels(view).inc()
-                log.warning("redis write for view %s failed (%s); retrying in %.1fs", view, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            wall_ms = int(time.time() * 1000)
+            self._store.write_running(view, rows, wall_ms)
+            return started, wall_ms
+
+        def count_error() -> None:
+            if self._metrics is not None:
+                self._metrics.redis_errors.labels(view).inc()
+
+        # Values are absolute, so a retried write can never double count.
+        started, wall_ms = _retry_redis(attempt, f"redis write for view {view}", count_error)
         if self._metrics is not None:
             m = self._metrics
             m.redis_write_seconds.labels(view).observe(time.perf_counter() - started)
@@ -123,13 +149,10 @@ class _DlqPartition(StatelessSinkPartition[DeadLetter]):
             if self._metrics is not None:
                 self._metrics.dlq_written.labels(topic).inc()
         self._producer.poll(0)
-        # Dead letters must not vanish: wait for delivery before the batch counts as done.
-        remaining = self._producer.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} dead letters not delivered to Kafka within 30 s")
+        _wait_delivered(self._producer.flush, "dead letters")
 
     def close(self) -> None:
-        self._producer.flush(30)
+        self._producer.flush(_DELIVERY_TIMEOUT_S)
 
 
 class DeadLetterSink(DynamicSink[DeadLetter]):
@@ -158,13 +181,10 @@ class _AlertPartition(StatelessSinkPartition[DriftAlert]):
     def write_batch(self, items: list[DriftAlert]) -> None:
         for alert in items:
             self._publisher.publish(alert)
-        # Alerts must not vanish: wait for delivery before the batch counts as done.
-        remaining = self._publisher.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} alerts not delivered to Kafka within 30 s")
+        _wait_delivered(self._publisher.flush, "alerts")
 
     def close(self) -> None:
-        self._publisher.flush(30)
+        self._publisher.flush(_DELIVERY_TIMEOUT_S)
 
 
 class AlertSink(DynamicSink[DriftAlert]):
@@ -190,12 +210,10 @@ class _JsonPartition(StatelessSinkPartition[tuple[str | None, dict]]):
         for key, payload in items:
             self._producer.produce(self._topic, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), key=key)
         self._producer.poll(0)
-        remaining = self._producer.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} messages not delivered to {self._topic} within 30 s")
+        _wait_delivered(self._producer.flush, f"messages for {self._topic}")
 
     def close(self) -> None:
-        self._producer.flush(30)
+        self._producer.flush(_DELIVERY_TIMEOUT_S)
 
 
 class KafkaJsonSink(DynamicSink[tuple[str | None, dict]]):
@@ -214,15 +232,8 @@ class _RewardPartition(StatelessSinkPartition[JoinedExample]):
         self._metrics = sink.metrics
 
     def write_batch(self, items: list[JoinedExample]) -> None:
-        delay = 0.1
-        while True:  # the batch is applied all-or-nothing (one MULTI/EXEC), so a retry is safe
-            try:
-                counts = self._rewarder.apply(items)
-                break
-            except redis.RedisError as exc:
-                log.warning("bandit rewards not applied (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        # A batch is applied all-or-nothing (one MULTI/EXEC), so a retry is safe.
+        counts = _retry_redis(lambda: self._rewarder.apply(items), "applying bandit rewards")
         if self._metrics is not None:
             for bandit, n in counts.items():
                 self._metrics.bandit_rewards.labels(bandit).inc(n)

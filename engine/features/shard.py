@@ -105,8 +105,6 @@ class ShardAggregator:
             sources=sources,
             wall_now=wall_now,
         )
-        self.out_of_orderness_ms = out_of_orderness_ms
-        self.idle_advance = idle_advance
         by_slide: dict[int, list[Window]] = {}
         for w in program.view.windows:
             by_slide.setdefault(w.slide_ms, []).append(w)
@@ -173,7 +171,7 @@ class ShardAggregator:
                 if cur is None or cur == slowest:  # only then can the slowest source move
                     slowest = clock.slowest_source_ms(wall_now)
                     if slowest is not None:
-                        threshold = max(high, slowest - self.out_of_orderness_ms) - self.allowed_lateness_ms
+                        threshold = max(high, slowest - clock.out_of_orderness_ms) - self.allowed_lateness_ms
             for g in groups:
                 k = t // g.slide_ms
                 ent_tiles = g.tiles.get(entity)

@@ -126,13 +126,7 @@ class LabelJoiner:
 
     def __init__(self, settings: JoinSettings, wall_now: float = 0.0) -> None:
         self.settings = settings
-        self.clock = SourceWatermark(
-            out_of_orderness_ms=settings.out_of_orderness_ms,
-            source_idle_ms=settings.source_idle_ms,
-            idle_advance=settings.idle_advance,
-            sources=settings.sources,
-            wall_now=wall_now,
-        )
+        self.clock = SourceWatermark.from_timing(settings, wall_now)
         self._pending: dict[str, list[_Pending]] = {}
         self._deadlines: list[tuple[int, str]] = []  # (deadline, request id), a min-heap
         # Request ids whose window closed, until one more window passes: a label for them is late.
@@ -282,6 +276,11 @@ class LabelJoiner:
     def waiting(self) -> int:
         """Predictions still waiting for a label or their window to close."""
         return sum(len(v) for v in self._pending.values())
+
+    @property
+    def has_waiting(self) -> bool:
+        """Whether any prediction waits (O(1), for Bytewax's frequent wake-up checks)."""
+        return bool(self._pending)
 
     # -- internals ------------------------------------------------------------------------
 

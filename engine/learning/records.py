@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import orjson
+
+from engine.events.dlq import DeadLetter
 
 LabelSource = Literal["label", "implicit", "window_closed"]
 
@@ -83,8 +85,6 @@ def _text(d: dict[str, Any], name: str, required: bool = True, default: str = ""
         if required:
             raise BadRecord("missing_field", f"{name} is required (a non-empty string)")
         return default
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "version":
-        return str(value)
     if not isinstance(value, str) or (required and not value):
         raise BadRecord("wrong_type", f"{name} must be a non-empty string, got {value!r}")
     return value
@@ -104,7 +104,12 @@ def prediction_from_dict(d: Any) -> PredictionRecord:
         raise BadRecord("wrong_type", f"a prediction record is a JSON object, got {type(d).__name__}")
     request_id = _text(d, "request_id")
     model = _text(d, "model")
-    version = _text(d, "version", required=False)
+    version_value = d.get("version")
+    # A producer other than rtml serve may write the version as a number.
+    if isinstance(version_value, (int, float)) and not isinstance(version_value, bool):
+        version = str(version_value)
+    else:
+        version = _text(d, "version", required=False)
     variant = _text(d, "variant", required=False, default="primary")
     t = d.get("event_time_ms")
     if isinstance(t, bool) or not isinstance(t, int) or t <= 0:
@@ -141,6 +146,16 @@ def parse_prediction(raw: bytes) -> PredictionRecord:
     return prediction_from_dict(d)
 
 
+def prediction_or_dead_letter(
+    raw: bytes, topic: str, partition: int, offset: int, headers: Sequence[tuple[str, bytes]] | None, now_ms: int
+) -> PredictionRecord | DeadLetter:
+    """One ``predictions`` message as a record, or as a dead letter with the reason (never raises)."""
+    try:
+        return parse_prediction(raw)
+    except BadRecord as exc:
+        return DeadLetter(exc.reason, exc.detail, topic, partition, offset, raw, now_ms, tuple(headers or ()))
+
+
 @dataclass(slots=True)
 class JoinedExample:
     """A prediction with its outcome.
@@ -161,11 +176,3 @@ class JoinedExample:
     def features(self) -> dict[str, Any]:
         """The features serving used: learning sees what serving saw."""
         return self.prediction.features
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prediction": self.prediction.to_dict(),
-            "label": self.label,
-            "label_source": self.label_source,
-            "label_time_ms": self.label_time_ms,
-        }
