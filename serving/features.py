@@ -49,6 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.features.keys import composite_key
 from engine.features.online import entity_key
 from engine.features.spec import FeatureView, default_views_path, load_views
 from serving.config import REQUEST_SOURCE, FeatureBindings, parse_source
@@ -72,18 +73,6 @@ class FeatureConfigError(ServingError):
     """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-def composite_key(values: Sequence[str]) -> str:
-    """The entity key of a view from its entity field values, as the dataflow writes it.
-
-    One field: the value unchanged. Several: each value escaped (``%`` -> ``%25`` first,
-    then ``|`` -> ``%7C``) and joined with ``|`` -- the same as
-    :meth:`engine.features.aggregates.ViewProgram.entity_key`.
-    """
-    if len(values) == 1:
-        return values[0]
-    return "|".join(v.replace("%", "%25").replace("|", "%7C") for v in values)
 
 
 def default_feature_views(path: str | Path | None = None) -> dict[str, FeatureView]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import datasketches
 
+from engine.features.keys import composite_key
 from engine.features.spec import Agg, Feature, FeatureView
 
 HLL_LG_K = 12  # ~1.6% relative standard error, 4 KiB at most per sketch
@@ -196,9 +197,7 @@ class ViewProgram:
             if value is None or value == "":
                 return None
             parts.append(str(value))
-        if len(parts) == 1:
-            return parts[0]
-        return "|".join(p.replace("%", "%25").replace("|", "%7C") for p in parts)
+        return composite_key(parts)
 
     def accepts(self, event_type: str) -> bool:
         """The view's source filter."""
