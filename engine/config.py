@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -148,6 +148,46 @@ class DriftConfig(_Section):
     retrain_hook: str | None = None
 
 
+def _comma_list(value: Any) -> Any:
+    # Lists also come from environment variables: "concept_drift,prediction_drift".
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class RetrainingConfig(_Section):
+    """The retraining loop (engine/retraining): when to retrain one model, and how (docs/retraining.md)."""
+
+    model: str = "ctr"  # registry (= serving repository) name of the model that is retrained
+    # Labeled examples: "events" reads impressions and clicks from the events topic (clicks within
+    # learning.label_window_ms label an impression); "file" reads `examples` (Parquet/JSONL/CSV).
+    examples_from: Literal["events", "file"] = "events"
+    examples: str | None = None
+    lookback_ms: int = Field(7 * 86_400_000, ge=1)  # examples newer than now - lookback
+    features: Annotated[list[str], BeforeValidator(_comma_list)] = Field(default_factory=list)  # []: all
+    sparse_columns: Annotated[list[str], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: ["user_id", "item_id"]
+    )  # hashed as categorical fields
+    model_kind: Literal["lr", "deepfm"] = "deepfm"
+    epochs: int = Field(3, ge=1)
+    downsample_rate: float = Field(1.0, gt=0, le=1)
+    calibration: Literal["platt", "isotonic", "none"] = "platt"
+    precision: Literal["fp32", "int8", "fp16"] = "fp32"
+    min_examples: int = Field(1_000, ge=1)  # fewer: the run stops before training
+    # Quality gate: the new model's test AUC may be at most this far below the serving
+    # version's on the same fresh test split (when that version can be scored on it).
+    max_auc_drop: float = Field(0.005, ge=0)
+    shadow: bool = True  # start a shadow rollout of the registered version
+    # Triggers: a schedule (seconds between runs; None: none) and drift alerts on alerts_topic.
+    schedule_s: float | None = Field(None, gt=0)
+    on_alerts: Annotated[list[str], BeforeValidator(_comma_list)] = Field(
+        default_factory=lambda: ["concept_drift", "prediction_drift"]
+    )
+    min_severity: Literal["warning", "critical"] = "warning"
+    cooldown_s: float = Field(600.0, ge=0)  # after a run, alerts within this long start nothing
+    work_dir: str | None = None  # None: <data_dir>/retraining
+
+
 class RtmlConfig(_Section):
     """The whole configuration."""
 
@@ -158,6 +198,7 @@ class RtmlConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     learning: LearningConfig = LearningConfig()
     drift: DriftConfig = DriftConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
     data_dir: str = ".rtml"
 
     @model_validator(mode="after")
@@ -171,6 +212,8 @@ class RtmlConfig(_Section):
             self.learning.model_repository = str(Path(self.data_dir) / "models")
         if self.learning.recovery_dir is None:
             self.learning.recovery_dir = str(Path(self.data_dir) / "recovery-learning")
+        if self.retraining.work_dir is None:
+            self.retraining.work_dir = str(Path(self.data_dir) / "retraining")
         return self
 
 
