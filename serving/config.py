@@ -30,6 +30,11 @@ A complete example (see :class:`FeatureBindings` and :class:`Routing` for each k
       # ab: {variants: {control: {version: "1", weight: 50}, treatment: {version: "2", weight: 50}},
       #      sticky_key: user_id}
     cache_ttl_ms: 500
+    precomputed:                    # answer from `rtml batch-predict` scores when fresh enough
+      key: user_id
+      max_age: 6h
+      on_miss: compute              # or reject (NOT_FOUND)
+      on_stale: compute             # or reject (FAILED_PRECONDITION)
 
 >>> ModelConfig().max_batch_size
 64
@@ -48,7 +53,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -243,6 +248,37 @@ class Routing(_Frozen):
         return self
 
 
+PrecomputedPolicy = Literal["compute", "reject"]
+
+
+class PrecomputedScores(_Frozen):
+    """Serve scores that ``rtml batch-predict`` computed offline, by lookup (docs/batch.md).
+
+    An instance whose ``entity_ids[key]`` is set and that carries no ``features`` or
+    ``tensors`` of its own is answered from the scores of the served version's current batch
+    run, when one exists for that id (*hit*) and is at most ``max_age`` old (a duration:
+    ``30m``, ``6h`` or ms; None: any age). ``on_miss`` (no score for the id, or the instance
+    cannot be looked up) and ``on_stale`` (older than ``max_age``) choose what happens
+    otherwise: ``compute`` runs the model online as without this section, ``reject`` fails
+    the request with NOT_FOUND (miss) or FAILED_PRECONDITION (stale).
+
+    >>> PrecomputedScores.model_validate({"max_age": "6h", "on_stale": "reject"}).max_age_ms
+    21600000
+    """
+
+    key: str = Field("user_id", min_length=1)
+    max_age_ms: int | None = Field(None, alias="max_age")
+    on_miss: PrecomputedPolicy = "compute"
+    on_stale: PrecomputedPolicy = "compute"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("max_age_ms", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration_ms(value)
+
+
 class ModelConfig(BaseModel):
     """How one model (all of its versions) is served.
 
@@ -271,6 +307,19 @@ class ModelConfig(BaseModel):
     # are answered from memory for this long; 0 disables. Features fetched for the cached
     # answer can therefore be up to this old.
     cache_ttl_ms: int = Field(0, ge=0)
+    # Scores precomputed by `rtml batch-predict`, served by lookup (docs/batch.md).
+    precomputed: PrecomputedScores | None = None
+
+    @model_validator(mode="after")
+    def _precomputed_needs_bindings(self) -> "ModelConfig":
+        # Batch prediction builds each user's inputs from the bindings; without them there is
+        # nothing to compute from a user id (and nothing to fall back to online either).
+        if self.precomputed is not None and self.features is None:
+            raise ValueError(
+                "precomputed scores need feature bindings (a 'features' section): batch prediction "
+                "builds each entity's inputs from them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> "ModelConfig":

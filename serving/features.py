@@ -26,8 +26,6 @@ instead of paying a connect timeout on every request of an outage, then tries ag
 ... )
 >>> [(v.name, v.entity, v.columns) for v in views.values()]
 [('user', ('user_id',), ('clicks_1h',)), ('user_item', ('user_id', 'item_id'), ('clicks_1h',))]
->>> composite_key(("u%1", "i|1"))
-'u%251|i%7C1'
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.features.keys import composite_key
 from engine.features.online import entity_key
 from engine.features.spec import FeatureView, default_views_path, load_views
 from serving.config import REQUEST_SOURCE, FeatureBindings, parse_source
@@ -230,7 +227,19 @@ class FeatureFetcher:
         A per-key error reply (a key of the wrong type) comes back as the exception in its
         slot; losing the connection raises :class:`FeatureStoreUnavailable`.
         """
-        if not lookups:
+        prefix = self.key_prefix
+        return await self.execute(
+            [("HMGET", entity_key(prefix, view.name, entity), *view.fields) for view, entity in lookups]
+        )
+
+    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send Redis commands in one pipelined write and read every reply, in order.
+
+        The same client, timeout and outage policy as :meth:`fetch` (which uses it); other
+        serving readers of Redis (precomputed scores) share it. Error replies come back as
+        exceptions in their slots; losing the connection raises :class:`FeatureStoreUnavailable`.
+        """
+        if not commands:
             return []
         if self.url is None:
             raise FeatureStoreUnavailable("no feature store configured (start the server with --redis-url)")
@@ -241,19 +250,15 @@ class FeatureFetcher:
                 f"{self._down_until - now:.2f}s"
             )
         client = self._get_client()
-        prefix = self.key_prefix
-        # Every HMGET packed by hiredis into one write, replies read back under one overall
+        # Every command packed by hiredis into one write, replies read back under one overall
         # timeout: redis-py's pipeline costs ~10 us of Python per command (packing, a timeout
         # context per reply), which dominated a 40-entity fetch.
-        payload = b"".join(
-            hiredis.pack_command(("HMGET", entity_key(prefix, view.name, entity), *view.fields))
-            for view, entity in lookups
-        )
+        payload = b"".join(hiredis.pack_command(cmd) for cmd in commands)
         pool = client.connection_pool
         try:
             conn = await pool.get_connection()
             try:
-                replies = await self._round_trip(conn, payload, len(lookups))
+                replies = await self._round_trip(conn, payload, len(commands))
             except BaseException:
                 # Timed out, cancelled or broken mid-reply: the connection's state is unknown,
                 # so it must never be reused with unread replies in it.
@@ -272,8 +277,8 @@ class FeatureFetcher:
         self._down_until = 0.0
         return replies
 
-    async def _round_trip(self, conn: Any, payload: bytes, count: int) -> list[list[bytes | None] | BaseException]:
-        replies: list[list[bytes | None] | BaseException] = []
+    async def _round_trip(self, conn: Any, payload: bytes, count: int) -> list[Any]:
+        replies: list[Any] = []
         try:
             async with asyncio.timeout(self.timeout_s):
                 await conn.send_packed_command(payload, check_health=False)

@@ -8,22 +8,30 @@ One :meth:`PredictPipeline.predict` call, in order:
    the latest READY version serves.
 2. **Cache** (``cache_ttl_ms > 0``): an identical request (same model, version, variant,
    instances, requested outputs) seen within the TTL is answered from memory.
-3. **Inputs.** With ``features`` bindings: every instance's online features are read from
+3. **Precomputed scores** (``precomputed``, requests that ask for no extra ``outputs``):
+   every instance keyed by ``entity_ids[precomputed.key]`` (and carrying no values of its own)
+   is looked up in the served version's current ``rtml batch-predict`` run, one Redis command
+   for the request; fresh scores answer directly, with their age as ``feature_age_ms``. Misses
+   and stale scores are computed online (steps 4-5, for those instances only) or rejected,
+   per ``on_miss`` / ``on_stale`` (docs/batch.md).
+4. **Inputs.** With ``features`` bindings: every instance's online features are read from
    Redis in one pipelined round trip for the whole request (each distinct entity once),
    defaults fill what is missing, request values override or complement what is fetched
    (see :class:`~serving.config.FeatureBindings`). Without bindings: the request's raw
    ``features`` / ``tensors`` by input name.
-4. **Inference** on the version's dynamic batcher (deadline honoured).
-5. **Shadow** (``routing.shadow``): the same input tensors are scored by the shadow version
+5. **Inference** on the version's dynamic batcher (deadline honoured).
+6. **Shadow** (``routing.shadow``): the same input tensors are scored by the shadow version
    in an asyncio task that the response never waits for; its failures are counted, never
-   returned.
-6. **Log**: every prediction (one message per instance; shadow ones too) goes to the
-   predictions topic (:mod:`serving.predictions_log`).
+   returned. Instances answered from precomputed scores are not shadow-scored.
+7. **Log**: every prediction (one message per instance; shadow ones too) goes to the
+   predictions topic (:mod:`serving.predictions_log`); ``"precomputed": true`` marks those
+   answered from precomputed scores (their ``features`` are the inputs the batch run used).
 
 ``PredictResponse.feature_age_ms`` holds, per instance, the age of the oldest online value
 used (the largest ``now - _t`` over the instance's views that were found), ``-1`` when none of
 its online values was found (all defaults, or all supplied by the request); the list is empty
-when the request needed no online feature at all.
+when the request needed no online feature at all. For an instance answered from precomputed
+scores it is the age of the score (``now - computed_ms``).
 
 Metrics (on the manager's registry, next to ``rtml_inference_*``):
 
@@ -41,6 +49,9 @@ rtml_routing_fallbacks_total{model,variant}                 counter    routed ve
 rtml_shadow_requests_total{model,version,result}            counter    shadow scorings: ok, error,
                                                                        skipped (too many pending)
 rtml_cache_requests_total{model,result}                     counter    cache lookups: hit, miss
+rtml_precomputed_requests_total{model,result}               counter    precomputed lookups per
+                                                                       instance: hit, miss, stale,
+                                                                       error
 rtml_prediction_score{model,version}                        histogram  first score of each instance
 ==========================================================  =========  ===============================
 """
@@ -49,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 import uuid
 import weakref
@@ -56,20 +68,22 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Sequence
 
+import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from engine.batch.store import RunMeta, StoredScore, lookup_command, unpack_score
 from proto.rtml.v1 import serving_pb2 as rtml_pb
 from serving.cache import TTLCache, request_digest
-from serving.config import REQUEST_SOURCE, FeatureBindings, ModelConfig, parse_source
-from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
+from serving.config import REQUEST_SOURCE, FeatureBindings, ModelConfig, PrecomputedScores, parse_source
+from serving.errors import InvalidInput, ModelNotFound, ModelUnavailable, ServingError
+from engine.features.keys import composite_key
 from serving.features import (
     FeatureConfigError,
     FeatureFetcher,
     FeatureRow,
     FeatureStoreUnavailable,
     ResolvedView,
-    composite_key,
     decode_row,
     resolve_bindings,
 )
@@ -85,6 +99,21 @@ FETCH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 SCORE_BUCKETS = (-10, -5, -2, -1, -0.5, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 5, 10)
 NO_AGE = -1.0  # feature_age_ms of an instance that used no online value
 _PRIMARY_REFRESH_S = 1.0  # how long a resolved default primary version is reused
+
+
+class PrecomputedMissing(ServingError):
+    """No precomputed score for an instance and the model's ``precomputed.on_miss`` is reject."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class PrecomputedStale(ServingError):
+    """A precomputed score is over ``precomputed.max_age`` and ``on_stale`` is reject.
+
+    FAILED_PRECONDITION, not UNAVAILABLE: retrying cannot help until batch-predict runs again.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class PredictMetrics:
@@ -128,6 +157,13 @@ class PredictMetrics:
         )
         self.cache = Counter(
             "rtml_cache_requests", "Predict cache lookups by result (hit, miss).", ["model", "result"],
+            registry=registry,
+        )
+        self.precomputed = Counter(
+            "rtml_precomputed_requests",
+            "Instances looked up in precomputed scores: hit, miss (no score, or not looked up), stale "
+            "(over max_age), error (Redis unreadable).",
+            ["model", "result"],
             registry=registry,
         )
         self.score = Histogram(
@@ -335,6 +371,7 @@ class _CacheEntry:
     ages: list[float]
     used: list[dict[str, Any]] | None
     defaults: list[list[str]] | None
+    precomputed: list[bool] | None  # per instance; None: none was
 
 
 @dataclass(slots=True)
@@ -390,6 +427,7 @@ class PredictPipeline:
         self._caches: dict[str, _ModelCache] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._score_children: dict[tuple[str, str], Any] = {}
+        self._run_metas: dict[tuple[str, str], tuple[bytes, RunMeta | None]] = {}
         self._warned: set[str] = set()
         self._closed = False
 
@@ -444,51 +482,84 @@ class PredictPipeline:
                 response = self._cached_response(request_id, name, entry)
                 if logger is not None:
                     self._log(request_id, name, entry.version, variant, instances, entry.scores,
-                              entry.ages, entry.used, entry.defaults, cached=True)
+                              entry.ages, entry.used, entry.defaults, cached=True, precomputed=entry.precomputed)
                 return response
             self.metrics.cache.labels(name, "miss").inc()
 
         want_log = logger is not None  # what the log needs is kept for cache hits too
-        if config.features is not None:
-            built = await self._bound_inputs(model, config.features, instances, want_log)
-        else:
-            built = BuiltInputs(
-                instances_to_inputs(model, instances),
-                [],
-                [_raw_used(inst) for inst in instances] if want_log else None,
-                None,
-            )
-        outputs = await model.infer(built.inputs, deadline=deadline)
+        hits: list[_Hit | None] | None = None
+        if config.precomputed is not None and not request.outputs:  # stored: the first output only
+            hits = await self._precomputed(model, config.precomputed, instances)
+        online = instances
+        if hits is not None:
+            online = [inst for inst, hit in zip(instances, hits) if hit is None]
+        built = BuiltInputs({}, [], None, None)
+        scores: list[list[float]] = []
+        extra_rows: dict[str, list[list[float]]] = {}
+        if online:
+            built = await self.build_inputs(model, online, want_log=want_log)
+            outputs = await model.infer(built.inputs, deadline=deadline)
+            rows = len(online)
+            scores = np.asarray(outputs[output_names[0]], dtype=np.float32).reshape(rows, -1).tolist()
+            extra_rows = {
+                out: np.asarray(outputs[out]).astype(np.float32, copy=False).reshape(rows, -1).tolist()
+                for out in request.outputs
+            }
+        ages, used, defaults = built.ages, built.used, built.defaults
+        marks: list[bool] | None = None
+        if hits is not None and len(online) < n:
+            scores, ages, used, defaults, marks = _merge_hits(hits, scores, built, want_log)
 
         response = rtml_pb.PredictResponse(
             request_id=request_id, model=model.name, model_version=model.version, variant=variant
         )
-        primary = np.asarray(outputs[output_names[0]], dtype=np.float32).reshape(n, -1)
-        extra = {
-            out: np.asarray(outputs[out]).astype(np.float32, copy=False).reshape(n, -1) for out in request.outputs
-        }
-        scores = primary.tolist()
-        extra_rows = {out: arr.tolist() for out, arr in extra.items()}
         results = response.results
         for i, row in enumerate(scores):
             result = results.add(scores=row)
-            for out, rows in extra_rows.items():
-                result.outputs[out].values.extend(rows[i])
-        if built.ages:
-            response.feature_age_ms.extend(built.ages)
+            for out, out_rows in extra_rows.items():
+                result.outputs[out].values.extend(out_rows[i])
+        if ages:
+            response.feature_age_ms.extend(ages)
         self._observe_scores(name, model.version, scores)
 
-        if shadow_version is not None and shadow_version != model.version:
-            self._spawn_shadow(name, shadow_version, built, instances, request_id)
+        if online and shadow_version is not None and shadow_version != model.version:
+            # Precomputed instances have no input tensors to score: the shadow sees the rest.
+            self._spawn_shadow(name, shadow_version, built, online, request_id)
         if logger is not None:
-            self._log(request_id, name, model.version, variant, instances, scores, built.ages, built.used,
-                      built.defaults, cached=False)
+            self._log(request_id, name, model.version, variant, instances, scores, ages, used, defaults,
+                      cached=False, precomputed=marks)
         if cache is not None and cache_key is not None:
             cache.put(
                 cache_key,
-                _CacheEntry(model.version, variant, scores, extra_rows, built.ages, built.used, built.defaults),
+                _CacheEntry(model.version, variant, scores, extra_rows, ages, used, defaults, marks),
             )
         return response
+
+    async def build_inputs(
+        self,
+        model: Any,
+        instances: Sequence[Any],
+        *,
+        want_log: bool = False,
+        bindings: FeatureBindings | None = None,
+    ) -> BuiltInputs:
+        """The input tensors Predict gives ``model`` for ``instances`` (step 3 of :meth:`predict`).
+
+        ``bindings`` overrides the version's ``config.features`` (batch prediction passes them
+        fail-closed). ``want_log`` also returns what the predictions log records per instance.
+        Batch prediction (:mod:`engine.batch`) builds its inputs here, so that offline scores
+        come from exactly the inputs online Predict would use.
+        """
+        if bindings is None:
+            bindings = model.config.features
+        if bindings is not None:
+            return await self._bound_inputs(model, bindings, instances, want_log)
+        return BuiltInputs(
+            instances_to_inputs(model, instances),
+            [],
+            [_raw_used(inst) for inst in instances] if want_log else None,
+            None,
+        )
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Wait (up to ``timeout_s``) for shadow scorings, then close the fetcher and logger."""
@@ -503,6 +574,109 @@ class PredictPipeline:
         if self.logger is not None:
             # flush() blocks: keep it off the event loop (other servers may share the loop).
             await asyncio.to_thread(self.logger.close, timeout_s)
+
+    # -- precomputed scores ------------------------------------------------------------------
+
+    async def _precomputed(self, model: Any, policy: PrecomputedScores, instances: Sequence[Any]) -> list[_Hit | None]:
+        """Each instance's fresh precomputed score, None where it must be computed online.
+
+        Raises PrecomputedMissing / PrecomputedStale (or FeatureStoreUnavailable) where the
+        policy says reject.
+        """
+        name, version, key = model.name, model.version, policy.key
+        n = len(instances)
+        hits: list[_Hit | None] = [None] * n
+        ids: list[str] = []
+        where: list[int] = []
+        first_miss: str | None = None
+        for i, inst in enumerate(instances):
+            entity = inst.entity_ids.get(key)
+            # An instance that brings its own values is scored on them, never from a lookup.
+            if entity and not inst.features and not inst.tensors:
+                ids.append(entity)
+                where.append(i)
+            elif first_miss is None:
+                first_miss = (f"instance {i} cannot be looked up (it needs entity_ids['{key}'] and no features "
+                              "or tensors of its own)")
+        counts = {"hit": 0, "miss": n - len(ids), "stale": 0, "error": 0}
+        first_stale: str | None = None
+        if ids:
+            reply: Any
+            try:
+                [reply] = await self.fetcher.execute([lookup_command(self.fetcher.key_prefix, name, version, ids)])
+                if isinstance(reply, BaseException):  # e.g. WRONGTYPE: not a hash
+                    raise FeatureStoreUnavailable(f"unreadable scores hash: {reply}")
+            except FeatureStoreUnavailable as exc:
+                self.metrics.precomputed.labels(name, "error").inc(len(ids))
+                if policy.on_miss == "reject":
+                    raise FeatureStoreUnavailable(
+                        f"model '{name}' version {version}: precomputed scores cannot be read and "
+                        f"precomputed.on_miss is reject: {exc}"
+                    ) from exc
+                self._warn_once(f"precomputed:{name}", "model %r: precomputed scores cannot be read, "
+                                "computing online: %s", name, exc)
+                return hits
+            self._warned.discard(f"precomputed:{name}")
+            meta = self._run_meta(model, policy, reply[0])
+            now_ms = int(time.time() * 1000)
+            max_age = policy.max_age_ms
+            for i, entity, raw in zip(where, ids, reply[1:]):
+                stored = _unpack(raw) if meta is not None else None
+                if stored is None:
+                    counts["miss"] += 1
+                    first_miss = first_miss or f"no precomputed score for {key} {entity!r} (instance {i})"
+                    continue
+                age = max(now_ms - stored.computed_ms, 0)
+                if max_age is not None and age > max_age:
+                    counts["stale"] += 1
+                    first_stale = first_stale or (
+                        f"the precomputed score for {key} {entity!r} (instance {i}) is {age} ms old, "
+                        f"over precomputed.max_age ({max_age} ms)"
+                    )
+                    continue
+                assert meta is not None
+                counts["hit"] += 1
+                hits[i] = _Hit(stored.scores, float(age), dict(zip(meta.sources, stored.features)))
+        for result, count in counts.items():
+            if count:
+                self.metrics.precomputed.labels(name, result).inc(count)
+        label = f"model '{name}' version {version}"
+        if first_miss is not None and policy.on_miss == "reject":
+            raise PrecomputedMissing(f"{label}: {first_miss}, and precomputed.on_miss is reject")
+        if first_stale is not None and policy.on_stale == "reject":
+            raise PrecomputedStale(
+                f"{label}: {first_stale}, and precomputed.on_stale is reject (run `rtml batch-predict {name}`)"
+            )
+        return hits
+
+    def _run_meta(self, model: Any, policy: PrecomputedScores, raw: bytes | None) -> RunMeta | None:
+        """The current run's metadata (parsed once per run), None when its scores cannot serve."""
+        if raw is None:
+            return None  # no run published for this version
+        cache_key = (model.name, model.version)
+        cached = self._run_metas.get(cache_key)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        problem = ""
+        meta: RunMeta | None = None
+        try:
+            meta = RunMeta.from_json(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            problem = f"unreadable run metadata ({exc})"
+        else:
+            sources = tuple(model.config.features.sources())
+            if meta.key != policy.key:
+                problem = f"run {meta.run_id} is keyed by {meta.key!r}, the config says {policy.key!r}"
+            elif meta.sources != sources:
+                problem = f"run {meta.run_id} was computed from other feature bindings ({', '.join(meta.sources)})"
+        if problem:
+            # Scores computed for another key or other inputs would answer the wrong question.
+            self._warn_once(f"precomputed-run:{model.name}:{model.version}",
+                            "model %r version %s: ignoring precomputed scores: %s; rerun batch-predict",
+                            model.name, model.version, problem)
+            meta = None
+        self._run_metas[cache_key] = (raw, meta)
+        return meta
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -811,9 +985,10 @@ class PredictPipeline:
         defaults: list[list[str]] | None,
         *,
         cached: bool,
+        precomputed: list[bool] | None = None,
     ) -> None:
         self._log_records(request_id, name, version, variant or PRIMARY, [dict(inst.entity_ids) for inst in instances],
-                          scores, ages, used, defaults, cached=cached)
+                          scores, ages, used, defaults, cached=cached, precomputed=precomputed)
 
     def _log_records(
         self,
@@ -828,6 +1003,7 @@ class PredictPipeline:
         defaults: list[list[str]] | None,
         *,
         cached: bool,
+        precomputed: list[bool] | None = None,
     ) -> None:
         logger = self.logger
         assert logger is not None
@@ -848,6 +1024,7 @@ class PredictPipeline:
                 "event_time_ms": now_ms,
                 "feature_age_ms": None if age is None or age < 0 else age,
                 "cached": cached,
+                "precomputed": precomputed[i] if precomputed is not None else False,
             }
             key = ids.get("user_id") or next(iter(ids.values()), None) or request_id
             logger.log(record, key)
@@ -857,6 +1034,52 @@ class PredictPipeline:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    """One instance answered from precomputed scores."""
+
+    scores: list[float]
+    age_ms: float
+    features: dict[str, float]  # the inputs the score was computed from, by source
+
+
+def _unpack(raw: bytes | None) -> StoredScore | None:
+    if raw is None:
+        return None
+    try:
+        return unpack_score(raw)
+    except (struct.error, ValueError):  # not written by batch-predict: no score
+        return None
+
+
+def _merge_hits(
+    hits: Sequence[_Hit | None], online_scores: list[list[float]], built: BuiltInputs, want_log: bool
+) -> tuple[list[list[float]], list[float], list[dict[str, Any]] | None, list[list[str]] | None, list[bool]]:
+    """Per-instance scores, ages, log features, defaults and precomputed marks, in request order."""
+    scores: list[list[float]] = []
+    ages: list[float] = []
+    used: list[dict[str, Any]] | None = [] if want_log else None
+    defaults: list[list[str]] | None = [] if want_log else None
+    marks: list[bool] = []
+    j = 0
+    for hit in hits:
+        marks.append(hit is not None)
+        if hit is not None:
+            scores.append(hit.scores)
+            ages.append(hit.age_ms)
+            if used is not None and defaults is not None:
+                used.append(hit.features)
+                defaults.append([])
+            continue
+        scores.append(online_scores[j])
+        ages.append(built.ages[j] if built.ages else NO_AGE)
+        if used is not None and defaults is not None:
+            used.append(built.used[j] if built.used is not None else {})
+            defaults.append(built.defaults[j] if built.defaults is not None else [])
+        j += 1
+    return scores, ages, used, defaults, marks
 
 
 def _raw_used(inst: Any) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from engine.features.online import OnlineStore
 from engine.runtime.redis_server import EmbeddedRedis
 from serving.config import FeatureBindings, ModelConfig
 from serving.errors import InvalidInput, ServingError
+from engine.features.keys import composite_key
 from serving.features import (
     FeatureConfigError,
     FeatureFetcher,
     FeatureStoreUnavailable,
     ResolvedView,
-    composite_key,
     decode_row,
     resolve_bindings,
 )
