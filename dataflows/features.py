@@ -20,7 +20,7 @@ from bytewax.dataflow import Dataflow
 from engine.config import RtmlConfig, load_config
 from engine.events.dlq import DeadLetter
 from engine.features.aggregates import ViewProgram
-from engine.features.spec import FeatureView, default_views_path, load_views
+from engine.features.spec import FeatureView, views_from_config
 from engine.metrics import PipelineMetrics
 from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
 from operators.route import Router
@@ -42,11 +42,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-
-
-def views_from_config(cfg: RtmlConfig) -> list[FeatureView]:
-    """The configured feature views (the packaged defaults when none are configured)."""
-    return load_views(cfg.pipeline.feature_specs or default_views_path())
 
 
 def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[DeadLetter]:

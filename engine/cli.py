@@ -4,7 +4,8 @@ Subcommands: ``up`` (stack + supervised dataflows), ``stack`` (embedded Kafka an
 Redis only), ``dataflow`` (one dataflow process, for containers), ``serve`` (gRPC
 model serving), ``produce`` (simulator -> Kafka), ``backfill`` (files -> features),
 ``features`` (read online features), ``demo`` (the one-minute tour), ``config``
-(print the effective configuration).
+(print the effective configuration); and the offline loop's ``dataset``, ``batch-predict``
+and ``retrain``, registered by their own modules.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from dataflows.backfill import run_backfill
-    from dataflows.features import views_from_config
+    from engine.features.spec import views_from_config
     from engine.runtime.stack import LocalStack
 
     cfg = _config(args)
@@ -177,7 +178,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     import redis
 
-    from dataflows.features import views_from_config
+    from engine.features.spec import views_from_config
     from engine.features.online import OnlineStore
 
     cfg = _config(args)
@@ -262,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     # 1000/s leaves the 2-core reference machine room for the broker, Redis and the dataflow.
     demo.add_argument("--rate", type=float, default=1000.0, help="impressions per second")
     demo.set_defaults(fn=cmd_demo)
+
+    # The offline loop: each area registers its own subcommands.
+    from engine.batch.cli import register as register_batch
+    from engine.datasets.cli import register as register_dataset
+    from engine.retraining.cli import register as register_retrain
+
+    for register in (register_dataset, register_batch, register_retrain):
+        register(sub)
     return parser
 
 

@@ -132,7 +132,7 @@ def _report(cfg: RtmlConfig, supervisor: Supervisor, produced: ProduceStats | No
 
 
 def _sample_user(cfg: RtmlConfig) -> tuple[str, dict[str, Any]] | None:
-    from dataflows.features import views_from_config
+    from engine.features.spec import views_from_config
 
     client = redis.Redis.from_url(cfg.redis.url or "")
     store = OnlineStore(client, views_from_config(cfg), cfg.redis.key_prefix)

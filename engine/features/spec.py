@@ -27,9 +27,12 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
+
+if TYPE_CHECKING:
+    from engine.config import RtmlConfig
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -273,3 +276,8 @@ def load_views(source: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, A
 def default_views_path() -> Path:
     """The feature views shipped with rtml (used when no spec file is configured)."""
     return Path(__file__).resolve().parent.parent / "defaults" / "features.yaml"
+
+
+def views_from_config(cfg: "RtmlConfig") -> list[FeatureView]:
+    """The configured feature views (``pipeline.feature_specs``; the packaged defaults when unset)."""
+    return load_views(cfg.pipeline.feature_specs or default_views_path())
