@@ -1,0 +1,257 @@
+"""Training loops: :func:`train_ranker` (LR, DeepFM) and :func:`train_two_tower`.
+
+* Whole splits live on the device as tensors; each epoch draws a permutation from a
+  seeded generator and slices batches from it (no DataLoader, no per-row Python), so a
+  CPU run with a seed is deterministic.
+* Negative downsampling (rate ``w``) applies to the training split only; validation log
+  loss, early stopping and calibration all use ``q``, the corrected probability.
+* Early stopping keeps the weights of the epoch with the best validation loss.
+* Progress bars (tqdm) go to stderr only when it is a terminal and ``quiet`` is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from engine.training.calibration import downsampling_correction, fit_calibrator, sigmoid
+from engine.training.config import TrainConfig
+from engine.training.data import ClickData, PairData
+from engine.training.metrics import classification_report, log_loss
+from engine.training.models import DenseTransform, build_model
+from engine.training.retrieval import retrieval_report
+from engine.training.run import TrainingRun
+
+log = logging.getLogger(__name__)
+
+__all__ = ["downsample", "focal_loss", "resolve_device", "train_ranker", "train_two_tower"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else CPU.
+
+    >>> resolve_device("cpu").type
+    'cpu'
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``torch.set_num_threads(n)`` and restore the previous count afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def downsample(data: ClickData, w: float, seed: int) -> ClickData:
+    """Keep every positive and each negative with probability ``w``.
+
+    >>> d = ClickData(np.zeros((1000, 1)), np.zeros((1000, 0)), np.r_[np.ones(100), np.zeros(900)])
+    >>> s = downsample(d, 0.5, seed=0)
+    >>> int(s.label.sum()), 400 < len(s) - 100 < 500
+    (100, True)
+    """
+    if w >= 1.0:
+        return data
+    rng = np.random.default_rng([seed, 3])
+    keep = (data.label > 0.5) | (rng.random(len(data)) < w)
+    return data[keep]
+
+
+def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float | None = None) -> torch.Tensor:
+    """Mean focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``; gamma 0 is BCE.
+
+    >>> x, y = torch.tensor([0.3, -1.2]), torch.tensor([1.0, 0.0])
+    >>> bool(torch.isclose(focal_loss(x, y, 0.0), nn.functional.binary_cross_entropy_with_logits(x, y)))
+    True
+    """
+    ce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * (1 - p_t).pow(gamma)
+    if alpha is not None:
+        loss = loss * (alpha * y + (1 - alpha) * (1 - y))
+    return loss.mean()
+
+
+def _progress(total: int, desc: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=quiet or not sys.stderr.isatty())
+
+
+def _tensors(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
+    arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+    # torch warns on read-only buffers (arrays backed by Arrow memory): copy those.
+    return [torch.from_numpy(a if a.flags.writeable else a.copy()).to(device) for a in arrays]
+
+
+def train_ranker(train: ClickData, valid: ClickData, cfg: TrainConfig,
+                 dataset_manifest: dict | None = None, features: dict | None = None,
+                 field_dims: list[int] | None = None) -> TrainingRun:
+    """Train ``cfg.kind`` ("lr" or "deepfm") on ``train``; stop early and calibrate on ``valid``.
+
+    ``field_dims`` defaults to the largest bucket id seen per field + 1; pass the hash bucket
+    counts when later data may hold buckets these splits do not.
+    """
+    if cfg.kind not in ("lr", "deepfm"):
+        raise ValueError(f"train_ranker trains lr or deepfm, not {cfg.kind!r}")
+    if train.n_dense != valid.n_dense or train.n_fields != valid.n_fields:
+        raise ValueError("train and valid must have the same columns")
+    device = resolve_device(cfg.device)
+    params = cfg.model_dump(mode="json")
+    field_dims = field_dims or _max_dims(train.sparse, valid.sparse)
+    with torch_threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.kind, train.n_dense, field_dims, params)
+        fitted = downsample(train, cfg.downsample_rate, cfg.seed)
+        for m in model.modules():  # statistics of the (downsampled) training inputs
+            if isinstance(m, DenseTransform):
+                m.fit(fitted.dense)
+        model.to(device)
+        run = TrainingRun(cfg.kind, model, train.n_dense, field_dims, cfg.downsample_rate, None, {}, params,
+                          dataset_manifest, features=features)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        dense, sparse, label = _tensors(device, fitted.dense, fitted.sparse, fitted.label)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        n, history = len(fitted), []
+        best: tuple[float, int, dict[str, Any]] | None = None
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=gen).to(device)
+            total = 0.0
+            with _progress((n + cfg.batch_size - 1) // cfg.batch_size, f"{cfg.kind} epoch {epoch}", cfg.quiet) as bar:
+                for s in range(0, n, cfg.batch_size):
+                    idx = order[s:s + cfg.batch_size]
+                    logits = model(dense[idx], sparse[idx])
+                    y = label[idx]
+                    loss = (focal_loss(logits, y, cfg.focal_gamma, cfg.focal_alpha) if cfg.focal_gamma is not None
+                            else nn.functional.binary_cross_entropy_with_logits(logits, y))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                    bar.update(1)
+            q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
+            vloss = log_loss(valid.label, q)
+            history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_log_loss": vloss})
+            log.info("%s epoch %d: train loss %.5f, valid log loss %.5f", cfg.kind, epoch, total / max(n, 1), vloss)
+            if best is None or vloss < best[0]:
+                best = (vloss, epoch, copy.deepcopy(model.state_dict()))
+            elif epoch - best[1] > cfg.patience:
+                break
+        assert best is not None
+        model.load_state_dict(best[2])
+        q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
+        run.calibrator = fit_calibrator(cfg.calibration, q, valid.label)
+        run.metrics = {
+            "best_epoch": best[1], "history": history, "device": str(device),
+            "train_rows": len(train), "train_rows_used": n,
+            "valid": classification_report(valid.label, q),
+            # In-sample for the calibrator (fit on this split): an optimistic figure.
+            "valid_calibrated": classification_report(valid.label, run.predict_proba(valid.dense, valid.sparse)),
+        }
+    return run
+
+
+def _inbatch_loss(model: nn.Module, batch: list[torch.Tensor], keys: torch.Tensor, log_q: torch.Tensor | None,
+                  temperature: float) -> torch.Tensor:
+    ud, us, idn, isp = batch
+    u, v = model.user_tower(ud, us), model.item_tower(idn, isp)
+    logits = u @ v.T / temperature
+    if log_q is not None:  # sampled softmax: popular items appear as negatives more often
+        logits = logits - log_q[None, :]
+    same = keys[:, None] == keys[None, :]
+    same.fill_diagonal_(False)  # the same item as another row's positive is no negative
+    logits = logits.masked_fill(same, float("-inf"))
+    return nn.functional.cross_entropy(logits, torch.arange(len(keys), device=logits.device))
+
+
+def train_two_tower(train: PairData, valid: PairData, cfg: TrainConfig, dataset_manifest: dict | None = None,
+                    features: dict | None = None, user_field_dims: list[int] | None = None,
+                    item_field_dims: list[int] | None = None) -> TrainingRun:
+    """Two-tower retrieval with in-batch softmax (optional log-Q correction); early stopping on
+    the validation in-batch loss; final validation Recall/NDCG/MAP@K by exact top-K."""
+    device = resolve_device(cfg.device)
+    params = cfg.model_dump(mode="json")
+    params["kind"] = "two_tower"
+    ufd = user_field_dims or _max_dims(train.user_sparse, valid.user_sparse)
+    ifd = item_field_dims or _max_dims(train.item_sparse, valid.item_sparse)
+    with torch_threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model = build_model("two_tower", train.user_dense.shape[1], ufd, params, train.item_dense.shape[1], ifd)
+        model.user_tower.dense_transform.fit(train.user_dense)
+        model.item_tower.dense_transform.fit(train.item_dense)
+        model.to(device)
+        run = TrainingRun("two_tower", model, train.user_dense.shape[1], ufd, 1.0, None, {}, params,
+                          dataset_manifest, item_n_dense=train.item_dense.shape[1], item_field_dims=ifd,
+                          features=features)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        arrays = _tensors(device, train.user_dense, train.user_sparse, train.item_dense, train.item_sparse)
+        varrays = _tensors(device, valid.user_dense, valid.user_sparse, valid.item_dense, valid.item_sparse)
+        keys, log_q, vkeys, vlog_q = _keys_and_logq(train, valid, device)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        n, history = len(train), []
+        best: tuple[float, int, dict[str, Any]] | None = None
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=gen).to(device)
+            total = 0.0
+            with _progress((n + cfg.batch_size - 1) // cfg.batch_size, f"two_tower epoch {epoch}", cfg.quiet) as bar:
+                for s in range(0, n, cfg.batch_size):
+                    idx = order[s:s + cfg.batch_size]
+                    loss = _inbatch_loss(model, [a[idx] for a in arrays], keys[idx],
+                                         log_q[idx] if cfg.logq_correction else None, cfg.temperature)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                    bar.update(1)
+            model.eval()
+            with torch.no_grad():
+                vl = [float(_inbatch_loss(model, [a[s:s + cfg.batch_size] for a in varrays], vkeys[s:s + cfg.batch_size],
+                                          vlog_q[s:s + cfg.batch_size] if cfg.logq_correction else None,
+                                          cfg.temperature)) * len(vkeys[s:s + cfg.batch_size])
+                      for s in range(0, len(valid), cfg.batch_size)]
+            vloss = sum(vl) / max(len(valid), 1)
+            history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_loss": vloss})
+            log.info("two_tower epoch %d: train loss %.5f, valid loss %.5f", epoch, total / max(n, 1), vloss)
+            if best is None or vloss < best[0]:
+                best = (vloss, epoch, copy.deepcopy(model.state_dict()))
+            elif epoch - best[1] > cfg.patience:
+                break
+        assert best is not None
+        model.load_state_dict(best[2])
+        report = retrieval_report(run, valid, cfg.eval_k)
+        report.pop("recall_curve")
+        run.metrics = {"best_epoch": best[1], "history": history, "device": str(device), "train_rows": n,
+                       "valid": report}
+    return run
+
+
+def _max_dims(*arrays: np.ndarray) -> list[int]:
+    n_fields = arrays[0].shape[1]
+    return [max(max((int(a[:, f].max()) for a in arrays if len(a)), default=0) + 1, 2) for f in range(n_fields)]
+
+
+def _keys_and_logq(train: PairData, valid: PairData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Item keys and log sampling probabilities (item frequency in the training pairs)."""
+    uniq, inverse, counts = np.unique(train.item_key, return_inverse=True, return_counts=True)
+    log_q = np.log(counts / counts.sum())[inverse].astype(np.float32)
+    pos = np.searchsorted(uniq, valid.item_key).clip(0, len(uniq) - 1)
+    known = uniq[pos] == valid.item_key
+    vlog_q = np.where(known, np.log(counts / counts.sum())[pos], np.log(0.5 / counts.sum())).astype(np.float32)
+    return tuple(_tensors(device, train.item_key, log_q, valid.item_key, vlog_q))
