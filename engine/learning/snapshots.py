@@ -14,7 +14,8 @@ an ONNX version and serves it through the same Predict / ModelInfer path::
                               "output": "probability", "created_ms", ...metadata}
 
 A version is written under ``ROOT/<name>/.tmp-<version>-<random>`` (the scanner ignores
-dot-directories), fsynced, then renamed into place, so a reader sees either no version or
+dot-directories), fsynced, then renamed into place (:mod:`engine.registry.publish`, shared
+with the ONNX model registry), so a reader sees either no version or
 a complete one. Only the newest ``keep`` *snapshot* versions stay; ONNX versions are never
 pruned.
 
@@ -58,7 +59,6 @@ refusing River snapshot: hmac_sha256 does not match (signed with another key, or
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import json
@@ -77,11 +77,11 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import ValidationError
 
+from engine.registry.publish import check_model_name, fsync_dir, publish_version, write_synced
 from serving.config import CONFIG_FILENAME, ModelConfig
 from serving.repository import (
     MANIFEST_FILENAME,
     SNAPSHOT_FILENAME,
-    is_version_name,
     scan_model,
     version_key,
 )
@@ -132,19 +132,8 @@ def _major_minor(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:2])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+# Looked up at call time (not bound as a default): tests swap it to simulate a failing disk.
+_write_synced = write_synced
 
 
 def _check_features(features: Sequence[str]) -> list[str]:
@@ -154,13 +143,6 @@ def _check_features(features: Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"features list a name twice: {names!r}")
     return names
-
-
-def _next_version(model_dir: Path) -> int:
-    # Every version-named directory counts, with or without its model files yet: one being
-    # copied in by hand must not be overwritten.
-    versions = [version_key(e.name) for e in os.scandir(model_dir) if e.is_dir() and is_version_name(e.name)]
-    return max(versions, default=0) + 1
 
 
 def _write_bindings(model_dir: Path, features: list[str]) -> None:
@@ -190,7 +172,7 @@ def _write_bindings(model_dir: Path, features: list[str]) -> None:
         pass
     finally:
         tmp.unlink()
-    _fsync_dir(model_dir)
+    fsync_dir(model_dir)
 
 
 def _prune(model_dir: Path, keep: int) -> None:
@@ -240,9 +222,7 @@ def publish_snapshot(
     clash = sorted(_RESERVED.intersection(extra))
     if clash:
         raise ValueError(f"metadata may not set manifest field(s) {', '.join(clash)}")
-    if not name or name.startswith(".") or "/" in name or os.sep in name:
-        # The scanner ignores dot-directories; a separator would write outside ROOT/<name>.
-        raise ValueError(f"invalid model name {name!r}: one directory name, not starting with '.'")
+    check_model_name(name)
     model_dir = Path(repository) / name
     model_dir.mkdir(parents=True, exist_ok=True)
 
@@ -263,29 +243,14 @@ def publish_snapshot(
 
     # Bindings first: a config.yaml appearing after the version would reload it at once.
     _write_bindings(model_dir, names)
-    version = _next_version(model_dir)
-    tmp = model_dir / f".tmp-{version}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        _write_synced(tmp / SNAPSHOT_FILENAME, blob)
-        _write_synced(tmp / MANIFEST_FILENAME, manifest_bytes)
-        _fsync_dir(tmp)
-        while True:
-            try:
-                os.rename(tmp, model_dir / str(version))
-                break
-            except OSError as exc:
-                # Another writer took this version number meanwhile: take the next one.
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                version = _next_version(model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(model_dir)
-    log.info("published River snapshot %s/%d (%s, %d bytes)", model_dir, version, kind, len(blob))
+    version = publish_version(
+        model_dir,
+        {SNAPSHOT_FILENAME: blob, MANIFEST_FILENAME: manifest_bytes},
+        write=lambda path, data: _write_synced(path, data),
+    )
+    log.info("published River snapshot %s/%s (%s, %d bytes)", model_dir, version, kind, len(blob))
     _prune(model_dir, keep)
-    return str(version)
+    return version
 
 
 def load_snapshot(version_dir: str | Path, key: bytes | None = None) -> RiverSnapshot:
