@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +75,8 @@ import orjson
 import pandas as pd
 
 from engine.config import RtmlConfig
+from engine.events.topic_reader import read_jsonl_file as read_prediction_file
+from engine.events.topic_reader import read_topic as read_prediction_topic
 from engine.features.aggregates import ViewProgram
 from engine.features.offline import read_offline
 from engine.features.spec import FeatureView, default_views_path, load_views
@@ -187,51 +188,6 @@ class SkewReport:
             *(line(r) for r in body),
         ]
         return "\n".join(lines)
-
-
-# -- reading prediction records ----------------------------------------------------------------
-
-
-def read_prediction_file(path: str | os.PathLike[str]) -> list[bytes]:
-    """The raw records of a JSONL file (one prediction record a line)."""
-    with open(path, "rb") as fh:
-        return [line.rstrip(b"\r\n") for line in fh if line.strip()]
-
-
-def read_prediction_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
-    """Every record of ``topic`` from the beginning up to its end offsets at call time (bounded)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from engine.runtime.topics import topic_end_offsets
-
-    ends = {p: end for p, end in topic_end_offsets(bootstrap, topic).items() if end > 0}
-    out: list[bytes] = []
-    if not ends:
-        return out
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "rtml-skew",  # required by librdkafka; no group is joined (assign)
-        "enable.auto.commit": False,
-        "allow.auto.create.topics": False,
-    })
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        pending = dict(ends)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"read {len(out)} records of {topic}; partitions {sorted(pending)} not read to "
-                                   f"their end within {timeout_s} s")
-            for msg in consumer.consume(1000, 0.2):
-                p = msg.partition()
-                if msg.error() is not None or p not in pending or msg.offset() >= pending[p]:
-                    continue
-                out.append(msg.value() or b"")
-                if msg.offset() + 1 >= pending[p]:
-                    del pending[p]
-    finally:
-        consumer.close()
-    return out
 
 
 # -- the comparison ------------------------------------------------------------------------------
