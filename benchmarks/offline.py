@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from benchmarks.offline_models import run_models
 from benchmarks.report import fmt_rate, machine_description, update_readme_table, write_result
 from engine.datasets.pit import FeatureTable, point_in_time_join
 
@@ -156,6 +157,27 @@ def table(result: dict[str, Any]) -> str:
     if pit:
         lines.append(f"| PIT join vs merge_asof | {pit['rows']:,} | {fmt_rate(pit['ours_rows_per_s'])} | "
                      f"{fmt_rate(pit['floor_rows_per_s'])} | {pit['ratio_to_floor']:.2f} |")
+    models = result.get("models")
+    if models:
+        m = models["model"]
+        lines += ["", f"DeepFM ({m['fields']} fields × {m['buckets']} buckets, {m['n_dense']} dense, embed "
+                      f"{m['embed_dim']}, MLP {'-'.join(map(str, m['hidden']))}; trained on {m['train_rows']:,} "
+                      f"synthetic Criteo-like rows, measured on {m['valid_rows']:,}; {models['threads']} thread, "
+                      f"export {models['export']['exporter']} opset {models['export']['opset']}, parity "
+                      f"{models['export']['parity_max_abs_diff']:.1e}).", "",
+                  "| inference | torch rows/s (floor) | ONNX Runtime rows/s | ratio_to_floor |", "|---|---:|---:|---:|"]
+        for batch, row in models["inference"].items():
+            lines.append(f"| {batch.replace('_', ' ')} | {fmt_rate(row['torch_rows_per_s'])} | "
+                         f"{fmt_rate(row['ort_rows_per_s'])} | {row['ort_over_torch']:.2f} |")
+        lines += ["", "| precision | speed-up batch 1 | speed-up batch 64 | AUC | AUC change | mean shift vs fp32 "
+                      "| calibration ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for precision, v in models["variants"].items():
+            shift = f"{v['mean_shift_vs_fp32']:+.2%}"
+            if "mean_shift_vs_fp32_before_recalibration" in v:
+                shift = f"{v['mean_shift_vs_fp32_before_recalibration']:+.2%} → {shift} (recalibrated)"
+            change = "—" if v["auc_change"] is None else f"{v['auc_change']:+.5f}"
+            lines.append(f"| {precision} | {v['speedup_batch_1']:.2f}× | {v['speedup_batch_64']:.2f}× | {v['auc']:.4f} "
+                         f"| {change} | {shift} | {v['calibration_ratio']:.3f} |")
     return "\n".join(lines)
 
 
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     # One entry per section: adding a section is one line.
     sections: dict[str, Callable[[], dict[str, Any]]] = {
         "pit": lambda: run_pit(args.rows, repeat=args.repeat),
+        "models": run_models,
     }
     result: dict[str, Any] = {"name": NAME, "machine": machine_description()}
     for name, run in sections.items():

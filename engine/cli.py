@@ -4,8 +4,8 @@ Subcommands: ``up`` (stack + supervised dataflows), ``stack`` (embedded Kafka an
 Redis only), ``dataflow`` (one dataflow process, for containers), ``serve`` (gRPC
 model serving), ``produce`` (simulator -> Kafka), ``backfill`` (files -> features),
 ``features`` (read online features), ``demo`` (the one-minute tour), ``config``
-(print the effective configuration); and the offline loop's ``dataset``, ``batch-predict``
-and ``retrain``, registered by their own modules.
+(print the effective configuration); and the offline loop's ``dataset``, ``train``, ``evaluate``,
+``export``, ``registry``, ``batch-predict``, ``rollout`` and ``retrain``, registered by their own modules.
 """
 
 from __future__ import annotations
@@ -267,9 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The offline loop: each area registers its own subcommands.
     from engine.batch.cli import register as register_batch
     from engine.datasets.cli import register as register_dataset
+    from engine.registry.cli import register as register_registry
     from engine.retraining.cli import register as register_retrain
+    from engine.rollouts.cli import register as register_rollout
+    from engine.training.cli import register as register_training
 
-    for register in (register_dataset, register_batch, register_retrain):
+    for register in (register_dataset, register_training, register_registry, register_batch, register_rollout,
+                     register_retrain):
         register(sub)
     return parser
 
