@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.offline_models import run_models
-from benchmarks.report import fmt_rate, machine_description, update_readme_table, write_result
+from benchmarks.report import fmt_rate, machine_description, machine_line, reprint_from_json, update_readme_table, write_result
 from engine.datasets.pit import FeatureTable, point_in_time_join
 
 NAME = "offline"
@@ -152,7 +152,9 @@ def run_pit(rows: int = 1_000_000, users: int = 100_000, items: int = 10_000, re
 
 def table(result: dict[str, Any]) -> str:
     """Markdown table of a result file."""
-    lines = ["| section | rows | ours rows/s | floor rows/s | ratio_to_floor |", "|---|---|---|---|---|"]
+    lines = [f"{machine_line(result.get('machine'))}. Target: the PIT join at least as fast as merge_asof on the same "
+             "data (ratio ≥ 1.0).", "",
+             "| section | rows | ours rows/s | floor rows/s | ratio_to_floor |", "|---|---|---|---|---|"]
     pit = result.get("pit")
     if pit:
         lines.append(f"| PIT join vs merge_asof | {pit['rows']:,} | {fmt_rate(pit['ours_rows_per_s'])} | "
@@ -187,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="only print the table of an earlier result file (and update the README)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return reprint_from_json(args.from_json, NAME, table, not args.no_readme)
     # One entry per section: adding a section is one line.
     sections: dict[str, Callable[[], dict[str, Any]]] = {
         "pit": lambda: run_pit(args.rows, repeat=args.repeat),

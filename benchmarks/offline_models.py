@@ -115,6 +115,8 @@ def run_models(train_rows: int = 200_000, valid_rows: int = 50_000, epochs: int 
         "threads": 1,
         "providers": variants["fp32"].report.providers if variants["fp32"].report else None,
         "inference": inference,
+        # The floor is torch running the same model: ONNX Runtime rows/s over torch's at batch 64.
+        "ratio_to_floor": inference["batch_64"]["ort_over_torch"],
         "variants": precisions,
     }
 
