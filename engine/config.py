@@ -285,13 +285,22 @@ def load_config(
     return RtmlConfig.model_validate(data)
 
 
+def _env_text(value: Any) -> str:
+    # The inverse of the parsing: None is "", a list is comma-separated (see _comma_list).
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def to_env(cfg: RtmlConfig) -> dict[str, str]:
     """The env vars that reproduce ``cfg`` in a child process (inverse of the overrides)."""
     out: dict[str, str] = {}
     sections = _sections()
     for section in sections:
         for name, value in getattr(cfg, section).model_dump().items():
-            out[f"{ENV_PREFIX}{section}_{name}".upper()] = "" if value is None else str(value)
+            out[f"{ENV_PREFIX}{section}_{name}".upper()] = _env_text(value)
     for name, value in cfg.model_dump().items():
         if name not in sections:
             out[f"{ENV_PREFIX}{name}".upper()] = str(value)
