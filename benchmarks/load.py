@@ -243,6 +243,7 @@ class LoadConfig:
     timeout_s: float = 10.0  # per-request deadline
     max_outstanding: int = 10_000  # open loop: in-flight cap per process
     seed: int = 0
+    method: str = MODEL_INFER  # the unary RPC the payloads are for (e.g. /rtml.v1.Recommendations/Recommend)
 
 
 @dataclass
@@ -369,7 +370,7 @@ async def _run_async(
     try:
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), timeout=30)
-        calls = [ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None) for ch in channels]
+        calls = [ch.unary_unary(cfg.method, request_serializer=None, response_deserializer=None) for ch in channels]
         if ready is not None:
             start_wall = await asyncio.get_running_loop().run_in_executor(None, ready)
         # One wall-clock instant shared by every process, turned into this process's perf clock.

@@ -159,6 +159,9 @@ class BanditService:
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
+        # Dynamic-arm bandits (items as arms) are chosen by Recommend, which knows the
+        # candidates; Choose has no arm list to pick from, so it does not serve them.
+        specs = [spec for spec in specs if not spec.dynamic_arms]
         seeds = np.random.SeedSequence(seed).spawn(len(specs))
         self._entries = {
             spec.name: _Entry(spec, np.random.default_rng(s)) for spec, s in zip(specs, seeds)

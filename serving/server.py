@@ -9,6 +9,9 @@ Services on the gRPC port:
   ``--kafka-bootstrap``);
 * ``rtml.v1.Bandits`` -- Choose (:mod:`serving.bandits`: the ``--bandits`` specs, state in
   ``--redis-url``, every decision published like a prediction);
+* ``rtml.v1.Recommendations`` -- Recommend (:mod:`serving.recommend`, docs/recommend.md), only
+  with ``--recommend FILE``: user tower, FAISS retrieval over the items topic, ranker,
+  re-ranking, exploration; impressions to ``--events-topic``;
 * ``grpc.health.v1.Health`` -- SERVING while every model has at least one ready version;
 * ``grpc.reflection.v1alpha.ServerReflection`` -- lists the services above (grpcurl works).
 
@@ -227,6 +230,11 @@ class ServerOptions:
     # rtml.v1 Choose: bandit specs YAML (state in redis_url under redis_key_prefix, decisions
     # published with the predictions); None: no bandits, Choose answers NOT_FOUND.
     bandits: str | None = None
+    # rtml.v1 Recommend: the recommend config YAML (docs/recommend.md); None: the service is
+    # not registered (UNIMPLEMENTED). Impressions go to events_topic, items come from items_topic.
+    recommend: str | None = None
+    events_topic: str = "events"
+    items_topic: str = "items"
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -258,6 +266,8 @@ class RtmlServer:
         self._http: Any = None
         self.pipeline: PredictPipeline | None = None
         self.bandits: BanditService | None = None
+        self.recommend: Any = None  # serving.recommend.service.RecommendService when configured
+        self._recommend_metrics: Any = None  # registered on first use, reused across restarts
         # Registered once per server (a registry refuses a second set), reused across restarts.
         self._predict_metrics = PredictMetrics(manager.registry)
         self._log_metrics: PredictionLogMetrics | None = None
@@ -286,6 +296,27 @@ class RtmlServer:
             return await service.start()
         except BaseException:
             service.close()
+            raise
+
+    async def _make_recommend(self) -> Any:
+        from serving.recommend.config import load_recommend_config
+        from serving.recommend.metrics import RecommendMetrics
+        from serving.recommend.service import RecommendService
+
+        opts = self.options
+        assert self.pipeline is not None
+        if self._recommend_metrics is None:
+            self._recommend_metrics = RecommendMetrics(self.manager.registry)
+        service = RecommendService(
+            load_recommend_config(opts.recommend), self.manager, self.pipeline.fetcher,
+            redis_url=opts.redis_url, prefix=opts.redis_key_prefix, kafka_bootstrap=opts.kafka_bootstrap,
+            events_topic=opts.events_topic, items_topic=opts.items_topic, predictions=self.pipeline.logger,
+            metrics=self._recommend_metrics,
+        )
+        try:
+            return await service.start()
+        except BaseException:
+            await service.close()
             raise
 
     def _build(self) -> grpc.aio.Server:
@@ -348,11 +379,27 @@ class RtmlServer:
                 opts.max_message_bytes,
             ),
         )
+        services: tuple[str, ...] = ()
+        if self.recommend is not None:
+            from serving.recommend.service import RECOMMEND_SERVICE, RecommendationsServicer
+
+            recommend = RecommendationsServicer(self.recommend)
+            _add_service(
+                server,
+                RECOMMEND_SERVICE,
+                _service_handler(
+                    {"Recommend": (recommend.Recommend, rtml_pb.RecommendRequest, rtml_pb.RecommendResponse)},
+                    self.metrics,
+                    opts.max_message_bytes,
+                ),
+            )
+            services = (RECOMMEND_SERVICE,)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             KSERVE_SERVICE,
             PREDICTION_SERVICE,
             BANDITS_SERVICE,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -382,6 +429,8 @@ class RtmlServer:
         self.pipeline = self._make_pipeline()
         try:
             self.bandits = await self._make_bandits()
+            if opts.recommend:
+                self.recommend = await self._make_recommend()
             server = self._build()
             address = f"{opts.host}:{opts.grpc_port}"
             try:
@@ -433,6 +482,9 @@ class RtmlServer:
 
     async def _close_pipeline(self) -> None:
         # After the gRPC server: running Predicts have finished, shadows and the log drain here.
+        recommend, self.recommend = self.recommend, None
+        if recommend is not None:
+            await recommend.close()
         bandits, self.bandits = self.bandits, None
         if bandits is not None:
             bandits.close()
@@ -563,6 +615,15 @@ def _parser() -> argparse.ArgumentParser:
         "(default: learning.bandits of the rtml config; none: no bandits)",
     )
     p.add_argument(
+        "--recommend", default=None, metavar="FILE",
+        help="recommend config YAML: serve rtml.v1.Recommendations/Recommend (docs/recommend.md); "
+        "default: not served",
+    )
+    p.add_argument("--events-topic", default=None,
+                   help="topic for Recommend's impression events (default: kafka.events_topic of the rtml config)")
+    p.add_argument("--items-topic", default=None,
+                   help="items topic the Recommend index follows (default: kafka.items_topic of the rtml config)")
+    p.add_argument(
         "--workers", type=int, default=1,
         help="server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads connections); "
         "worker i serves /metrics on metrics-port + i (default 1)",
@@ -597,6 +658,14 @@ def _with_config_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.bandits = cfg.learning.bandits
     if args.bandits:
         load_bandit_specs(args.bandits)  # a bad file is a usage error (exit 2), before serving
+    if args.events_topic is None:
+        args.events_topic = cfg.kafka.events_topic
+    if args.items_topic is None:
+        args.items_topic = cfg.kafka.items_topic
+    if args.recommend:
+        from serving.recommend.config import load_recommend_config
+
+        load_recommend_config(args.recommend)  # a bad file is a usage error too
     if args.snapshot_key_env is None:
         args.snapshot_key = encode_key(cfg.learning.snapshot_key)
     else:
@@ -668,6 +737,9 @@ async def _serve(args: argparse.Namespace) -> int:
         kafka_bootstrap=args.kafka_bootstrap,
         predictions_topic=args.predictions_topic,
         bandits=args.bandits,
+        recommend=args.recommend,
+        events_topic=args.events_topic,
+        items_topic=args.items_topic,
     )
     # Signals are taken from the start: a SIGINT while models load or the port binds must
     # still end in a clean shutdown (exit 0), not a KeyboardInterrupt mid-start.

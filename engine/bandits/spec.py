@@ -14,11 +14,18 @@ lists the bandits that serving decides with (``Choose``) and the learning datafl
         arms: [a, b, c]
         context_dim: 8               # linucb only: the length of every context vector
         params: {alpha: 1.0}
+      - name: rec-explore            # Recommend's exploration slots (docs/recommend.md)
+        policy: thompson
+        dynamic_arms: true           # arms are item ids, posteriors created on first reward
 
 ``params`` are the policy's constructor arguments: ``prior_alpha``/``prior_beta``
 (thompson), ``c`` (ucb1), ``epsilon`` (epsilon_greedy), ``alpha``/``l2_lambda`` (linucb).
 The stored state must match the spec (policy, arms, params): changing any of them needs a
 new bandit name (or deleting the old hash), see :class:`engine.bandits.store.RedisBandit`.
+``dynamic_arms: true`` (Thompson only, no ``arms`` list) makes a bandit whose arms are items
+that come and go (:class:`engine.bandits.dynamic.DynamicThompson`): Recommend's exploration
+slots choose among the candidates of a request, and the learning dataflow rewards them like
+any other bandit. ``Choose`` does not serve such a bandit (it has no fixed arm list).
 
 >>> specs = parse_bandit_specs('''
 ... bandits:
@@ -40,7 +47,17 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from engine.bandits.policies import POLICIES, RngLike, make_policy
 
@@ -65,14 +82,17 @@ def _allowed_params(policy: str) -> list[str]:
 
 
 class BanditSpec(BaseModel):
-    """One bandit: ``name``, ``policy``, ``arms``, ``params``, ``context_dim``, ``refresh_s``."""
+    """One bandit: ``name``, ``policy``, ``arms``, ``params``, ``context_dim``, ``refresh_s``,
+    ``dynamic_arms``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Goes into a Redis key and every decision record's "model": no spaces or colons.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=200)
     policy: PolicyKind
-    arms: list[StrictStr] = Field(min_length=1)
+    # Arms are items added as they are chosen (thompson only); ``arms`` must then be empty.
+    dynamic_arms: bool = False
+    arms: list[StrictStr] = Field(default_factory=list, validate_default=True)
     params: dict[str, float] = Field(default_factory=dict)
     context_dim: int | None = Field(None, ge=1)
     # How stale serving's snapshot of the state may get; 0 reads Redis before every decision.
@@ -87,7 +107,13 @@ class BanditSpec(BaseModel):
 
     @field_validator("arms")
     @classmethod
-    def _distinct_arms(cls, arms: list[str]) -> list[str]:
+    def _distinct_arms(cls, arms: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("dynamic_arms"):
+            if arms:
+                raise ValueError("a bandit with dynamic_arms takes no arms list (its arms are added as chosen)")
+            return arms
+        if not arms:
+            raise PydanticCustomError("too_short", "List should have at least 1 item")
         if any(not arm for arm in arms):
             raise ValueError("arms must be non-empty strings")
         duplicates = sorted({arm for arm in arms if arms.count(arm) > 1})
@@ -101,12 +127,15 @@ class BanditSpec(BaseModel):
             raise ValueError("policy linucb needs context_dim (the length of its context vectors)")
         if self.policy != "linucb" and self.context_dim is not None:
             raise ValueError(f"context_dim is for linucb only; policy {self.policy} takes no context")
+        if self.dynamic_arms and self.policy != "thompson":
+            raise ValueError(f"dynamic_arms works with policy thompson only, not {self.policy}")
         allowed = _allowed_params(self.policy)
         unknown = sorted(set(self.params) - set(allowed))
         if unknown:
             raise ValueError(f"unknown params {unknown} for policy {self.policy}; allowed: {allowed}")
         try:  # the policy's own checks (ranges such as 0 <= epsilon <= 1)
-            make_policy(self.policy, self.arms, **self.policy_params())
+            # A dynamic bandit's params are checked on a stand-in arm list.
+            make_policy(self.policy, self.arms or ["_"], **self.policy_params())
         except ValueError as exc:
             raise ValueError(f"params do not fit policy {self.policy}: {exc}") from None
         return self
@@ -124,12 +153,18 @@ class BanditSpec(BaseModel):
         return params
 
     def redis_bandit(self, client: Any, *, prefix: str = "rtml", rng: RngLike = None) -> Any:
-        """The :class:`~engine.bandits.store.RedisBandit` for this spec (creates its hash if absent).
+        """The :class:`~engine.bandits.store.RedisBandit` for this spec (creates its hash if absent);
+        a :class:`~engine.bandits.dynamic.DynamicThompson` for a ``dynamic_arms`` spec.
 
         Raises ``ValueError`` when Redis already holds a bandit of this name with another
         policy, arms or params, and redis-py's errors when Redis cannot be reached.
         """
         from engine.bandits.store import RedisBandit
+
+        if self.dynamic_arms:
+            from engine.bandits.dynamic import DynamicThompson
+
+            return DynamicThompson(client, self.name, prefix=prefix, rng=rng, **self.policy_params())
 
         return RedisBandit(
             client, self.name, self.policy, self.arms, prefix=prefix, rng=rng, refresh_s=self.refresh_s,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/rtml/v1/serving.proto\x12\x07rtml.v1\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xcd\x02\n\x08Instance\x12\x34\n\nentity_ids\x18\x01 \x03(\x0b\x32 .rtml.v1.Instance.EntityIdsEntry\x12\x31\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x1f.rtml.v1.Instance.FeaturesEntry\x12/\n\x07tensors\x18\x03 \x03(\x0b\x32\x1e.rtml.v1.Instance.TensorsEntry\x1a\x30\n\x0e\x45ntityIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x44\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.rtml.v1.FloatVector:\x02\x38\x01\"\x8c\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x12$\n\tinstances\x18\x03 \x03(\x0b\x32\x11.rtml.v1.Instance\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07outputs\x18\x05 \x03(\tB\n\n\x08_version\"\x9d\x01\n\x0eInstanceResult\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x35\n\x07outputs\x18\x02 \x03(\x0b\x32$.rtml.v1.InstanceResult.OutputsEntry\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.rtml.v1.FloatVector:\x02\x38\x01\"\x9e\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12(\n\x07results\x18\x05 \x03(\x0b\x32\x17.rtml.v1.InstanceResult\x12\x16\n\x0e\x66\x65\x61ture_age_ms\x18\x06 \x03(\x01\"\xcd\x01\n\rChooseRequest\x12\x0e\n\x06\x62\x61ndit\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x39\n\nentity_ids\x18\x03 \x03(\x0b\x32%.rtml.v1.ChooseRequest.EntityIdsEntry\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\t\n\x01n\x18\x05 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x06 \x03(\t\x1a\x30\n\x0e\x45ntityIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0e\x43hooseResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x61ndit\x18\x02 \x01(\t\x12\x0c\n\x04\x61rms\x18\x03 \x03(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x15\n\rstate_version\x18\x05 \x01(\x03\x32L\n\nPrediction\x12>\n\x07Predict\x12\x17.rtml.v1.PredictRequest\x1a\x18.rtml.v1.PredictResponse\"\x00\x32\x46\n\x07\x42\x61ndits\x12;\n\x06\x43hoose\x12\x16.rtml.v1.ChooseRequest\x1a\x17.rtml.v1.ChooseResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/rtml/v1/serving.proto\x12\x07rtml.v1\"\x1d\n\x0b\x46loatVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xcd\x02\n\x08Instance\x12\x34\n\nentity_ids\x18\x01 \x03(\x0b\x32 .rtml.v1.Instance.EntityIdsEntry\x12\x31\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x1f.rtml.v1.Instance.FeaturesEntry\x12/\n\x07tensors\x18\x03 \x03(\x0b\x32\x1e.rtml.v1.Instance.TensorsEntry\x1a\x30\n\x0e\x45ntityIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x44\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.rtml.v1.FloatVector:\x02\x38\x01\"\x8c\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x12$\n\tinstances\x18\x03 \x03(\x0b\x32\x11.rtml.v1.Instance\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07outputs\x18\x05 \x03(\tB\n\n\x08_version\"\x9d\x01\n\x0eInstanceResult\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x35\n\x07outputs\x18\x02 \x03(\x0b\x32$.rtml.v1.InstanceResult.OutputsEntry\x1a\x44\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.rtml.v1.FloatVector:\x02\x38\x01\"\x9e\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12(\n\x07results\x18\x05 \x03(\x0b\x32\x17.rtml.v1.InstanceResult\x12\x16\n\x0e\x66\x65\x61ture_age_ms\x18\x06 \x03(\x01\"\xcd\x01\n\rChooseRequest\x12\x0e\n\x06\x62\x61ndit\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x39\n\nentity_ids\x18\x03 \x03(\x0b\x32%.rtml.v1.ChooseRequest.EntityIdsEntry\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\t\n\x01n\x18\x05 \x01(\r\x12\x0f\n\x07\x65xclude\x18\x06 \x03(\t\x1a\x30\n\x0e\x45ntityIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0e\x43hooseResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x61ndit\x18\x02 \x01(\t\x12\x0c\n\x04\x61rms\x18\x03 \x03(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x15\n\rstate_version\x18\x05 \x01(\x03\"\xbc\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x37\n\x07\x63ontext\x18\x03 \x03(\x0b\x32&.rtml.v1.RecommendRequest.ContextEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrank_score\x18\x04 \x01(\x02\x12\x10\n\x08position\x18\x05 \x01(\r\"\xcf\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.rtml.v1.RecommendedItem\x12:\n\x08versions\x18\x03 \x03(\x0b\x32(.rtml.v1.RecommendResponse.VersionsEntry\x12\x10\n\x08\x66\x61llback\x18\x04 \x01(\x08\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32L\n\nPrediction\x12>\n\x07Predict\x12\x17.rtml.v1.PredictRequest\x1a\x18.rtml.v1.PredictResponse\"\x00\x32\x46\n\x07\x42\x61ndits\x12;\n\x06\x43hoose\x12\x16.rtml.v1.ChooseRequest\x1a\x17.rtml.v1.ChooseResponse\"\x00\x32W\n\x0fRecommendations\x12\x44\n\tRecommend\x12\x19.rtml.v1.RecommendRequest\x1a\x1a.rtml.v1.RecommendResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCERESULT_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_CHOOSEREQUEST_ENTITYIDSENTRY']._loaded_options = None
   _globals['_CHOOSEREQUEST_ENTITYIDSENTRY']._serialized_options = b'8\001'
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._loaded_options = None
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_FLOATVECTOR']._serialized_start=40
   _globals['_FLOATVECTOR']._serialized_end=69
   _globals['_INSTANCE']._serialized_start=72
@@ -65,8 +69,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHOOSEREQUEST_ENTITYIDSENTRY']._serialized_end=286
   _globals['_CHOOSERESPONSE']._serialized_start=1079
   _globals['_CHOOSERESPONSE']._serialized_end=1184
-  _globals['_PREDICTION']._serialized_start=1186
-  _globals['_PREDICTION']._serialized_end=1262
-  _globals['_BANDITS']._serialized_start=1264
-  _globals['_BANDITS']._serialized_end=1334
+  _globals['_RECOMMENDREQUEST']._serialized_start=1187
+  _globals['_RECOMMENDREQUEST']._serialized_end=1375
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=1329
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=1375
+  _globals['_RECOMMENDEDITEM']._serialized_start=1377
+  _globals['_RECOMMENDEDITEM']._serialized_end=1480
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1483
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1690
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_start=1643
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_end=1690
+  _globals['_PREDICTION']._serialized_start=1692
+  _globals['_PREDICTION']._serialized_end=1768
+  _globals['_BANDITS']._serialized_start=1770
+  _globals['_BANDITS']._serialized_end=1840
+  _globals['_RECOMMENDATIONS']._serialized_start=1842
+  _globals['_RECOMMENDATIONS']._serialized_end=1929
 # @@protoc_insertion_point(module_scope)

@@ -124,3 +124,57 @@ class ChooseResponse(_message.Message):
     policy: str
     state_version: int
     def __init__(self, request_id: _Optional[str] = ..., bandit: _Optional[str] = ..., arms: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., state_version: _Optional[int] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "k", "context", "request_id", "exclude")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    k: int
+    context: _containers.ScalarMap[str, str]
+    request_id: str
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("item_id", "score", "reason", "rank_score", "position")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RANK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    reason: str
+    rank_score: float
+    position: int
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., rank_score: _Optional[float] = ..., position: _Optional[int] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("request_id", "items", "versions", "fallback")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    versions: _containers.ScalarMap[str, str]
+    fallback: bool
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[bool] = ...) -> None: ...

@@ -189,3 +189,96 @@ class Bandits:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RecommendationsStub:
+    """Recommendations for a user. Method path: /rtml.v1.Recommendations/Recommend.
+
+    The funnel (docs/recommend.md): user tower -> FAISS top-N -> online features -> ranker ->
+    re-ranking (diversity, freshness, filters) -> exploration slots -> impressions logged.
+    A service of its own, registered only when the server is started with --recommend FILE
+    (without it, calls get UNIMPLEMENTED).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Recommend = channel.unary_unary(
+                '/rtml.v1.Recommendations/Recommend',
+                request_serializer=proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+
+
+class RecommendationsServicer:
+    """Recommendations for a user. Method path: /rtml.v1.Recommendations/Recommend.
+
+    The funnel (docs/recommend.md): user tower -> FAISS top-N -> online features -> ranker ->
+    re-ranking (diversity, freshness, filters) -> exploration slots -> impressions logged.
+    A service of its own, registered only when the server is started with --recommend FILE
+    (without it, calls get UNIMPLEMENTED).
+    """
+
+    def Recommend(self, request, context):
+        """Recommend k items. Errors come back as a gRPC status: INVALID_ARGUMENT for an empty
+        user_id or k outside 1..max_k; NOT_FOUND when the user tower or ranker model is not loaded;
+        UNAVAILABLE when the item index is empty (and no popular fallback can answer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecommendationsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendRequest.FromString,
+                    response_serializer=proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'rtml.v1.Recommendations', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('rtml.v1.Recommendations', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Recommendations:
+    """Recommendations for a user. Method path: /rtml.v1.Recommendations/Recommend.
+
+    The funnel (docs/recommend.md): user tower -> FAISS top-N -> online features -> ranker ->
+    re-ranking (diversity, freshness, filters) -> exploration slots -> impressions logged.
+    A service of its own, registered only when the server is started with --recommend FILE
+    (without it, calls get UNIMPLEMENTED).
+    """
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtml.v1.Recommendations/Recommend',
+            proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendRequest.SerializeToString,
+            proto_dot_rtml_dot_v1_dot_serving__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
