@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from engine.config import RtmlConfig, load_config
 from engine.events.topic_reader import read_jsonl_file, read_topic
 from engine.rollouts import routing
 from engine.rollouts.guard import CanaryGuard, GuardReport, GuardSettings
-from engine.rollouts.outcomes import load_tally
+from engine.rollouts.outcomes import tally_for_config
 from engine.rollouts.routing import RolloutError
 from engine.rollouts.verdict import ab_verdict
 
@@ -108,13 +107,8 @@ def _run_verdict(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    implicit = frozenset(t.strip() for t in lc.implicit_labels.split(",") if t.strip())
-    tally = load_tally(
-        predictions, outcomes, model=args.model,
-        label_window_ms=args.label_window_ms or lc.label_window_ms, out_of_orderness_ms=lc.out_of_orderness_ms,
-        implicit_labels=implicit, now_ms=int(time.time() * 1000), max_future_ms=cfg.pipeline.max_future_ms,
-        since_ms=args.since_ms,
-    )
+    tally = tally_for_config(cfg, args.model, predictions, outcomes, label_window_ms=args.label_window_ms,
+                             since_ms=args.since_ms)
     verdict = ab_verdict(args.model, tally.arms, control=args.control, alpha=args.alpha, sequential=args.sequential,
                          min_samples=args.min_samples, mde=args.mde, power=args.power)
     if tally.pending:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import orjson
 
@@ -36,6 +36,9 @@ from engine.events.validation import validate_interaction, validate_label
 from engine.learning.join import JoinSettings, LabelIn, LabelJoiner
 from engine.learning.records import BadRecord, PredictionRecord, parse_prediction
 from serving.routing import SHADOW
+
+if TYPE_CHECKING:
+    from engine.config import RtmlConfig
 
 _SOURCE = "offline"  # one watermark source: the whole bounded input
 
@@ -202,3 +205,26 @@ def load_tally(
     return count_variants(predictions, outcomes, model=model, label_window_ms=label_window_ms,
                           out_of_orderness_ms=out_of_orderness_ms, since_ms=since_ms, newest_ms=newest,
                           skipped=skipped)
+
+
+def tally_for_config(
+    cfg: "RtmlConfig",
+    model: str,
+    prediction_raws: Sequence[bytes],
+    outcome_raws: Sequence[bytes],
+    *,
+    label_window_ms: int | None = None,
+    since_ms: int | None = None,
+    now_ms: int | None = None,
+) -> VariantTally:
+    """:func:`load_tally` with the join settings of the rtml config (``learning`` and ``pipeline``)."""
+    import time
+
+    lc = cfg.learning
+    implicit = frozenset(t.strip() for t in lc.implicit_labels.split(",") if t.strip())
+    return load_tally(
+        prediction_raws, outcome_raws, model=model, label_window_ms=label_window_ms or lc.label_window_ms,
+        out_of_orderness_ms=lc.out_of_orderness_ms, implicit_labels=implicit,
+        now_ms=int(time.time() * 1000) if now_ms is None else now_ms, max_future_ms=cfg.pipeline.max_future_ms,
+        since_ms=since_ms,
+    )
