@@ -111,6 +111,7 @@ def build_learning_flow(
         snapshot_key=encode_key(lc.snapshot_key),
         detector=dc.detector,
         on_drift=dc.on_concept_drift,
+        detector_grace=dc.detector_grace,
     )
     specs = {s.name: s for s in learners}
 

@@ -143,6 +143,7 @@ class DriftConfig(_Section):
     max_window_samples: int = Field(50_000, ge=10)  # per feature; beyond it a uniform reservoir
     # Concept drift (the learning dataflow's error stream): detector and reaction.
     detector: Literal["hddm_a", "ddm", "adwin"] = "hddm_a"
+    detector_grace: int = Field(0, ge=0)  # examples after a (re)start during which no concept drift is raised
     on_concept_drift: Literal["alert", "reset"] = "alert"  # reset: the learner also starts afresh
     # "module:function" called with every alert (the retraining hook); None: alerts only.
     retrain_hook: str | None = None

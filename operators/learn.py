@@ -209,6 +209,7 @@ class LearnSettings:
     snapshot_key: bytes | None
     detector: DetectorName
     on_drift: Literal["alert", "reset"]
+    detector_grace: int = 0
 
 
 @dataclass(slots=True)
@@ -260,7 +261,7 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
         if learner is None:
             s = self.settings
             learner = self._init(OnlineLearner(self.specs[values[0][0]], window=s.window, detector=s.detector,
-                                               on_drift=s.on_drift))
+                                               on_drift=s.on_drift, detector_grace=s.detector_grace))
         out = LearnOutput(self.spec.name)
         examples = [ex for _, batch in values for ex in batch]
         examples.sort(key=_label_time)

@@ -40,11 +40,13 @@ class OnlineLearner:
         window: int = 5_000,
         detector: DetectorName = "hddm_a",
         on_drift: Literal["alert", "reset"] = "alert",
+        detector_grace: int = 0,
     ) -> None:
         self.spec = spec
         self.model = build_model(spec)
         self.validation = ProgressiveValidation(window)
-        self.detector = ErrorRiseDetector(detector)
+        # A fresh learner's error moves while it warms up: no alerts for its first examples.
+        self.detector = ErrorRiseDetector(detector, grace_period=detector_grace)
         self.on_drift = on_drift
         self.features: list[str] = list(spec.features or ())
         self._fixed_features = spec.features is not None

@@ -49,6 +49,19 @@ def test_reset_on_drift_starts_a_fresh_model() -> None:
     assert drifts >= 1 and learner.resets == drifts
 
 
+def test_detector_grace_silences_the_warm_up_only() -> None:
+    stream = _stream(3000)
+    for ex in stream[:200] + stream[1500:]:
+        ex.label = 1.0 - ex.label  # a confusing start, then the concept flips halfway
+
+    def drift_indices(grace: int) -> list[int]:
+        learner = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"), detector_grace=grace)
+        return [i for i, ex in enumerate(stream) if learner.learn(ex)]
+
+    assert all(i >= 1000 for i in drift_indices(1000))  # nothing inside the grace period
+    assert any(i >= 1500 for i in drift_indices(1000))  # the real drift is still found
+
+
 def test_learner_specs_file_is_validated(tmp_path: Path) -> None:
     path = tmp_path / "learners.yaml"
     path.write_text("learners:\n  - {name: a, kind: fm, params: {n_factors: 4}, learn_from: [ranker]}\n")
