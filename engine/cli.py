@@ -193,9 +193,14 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
+    if args.tour:
+        from engine.demo import run_demo
 
-    return run_demo(_config(args), duration_s=args.duration, rate=args.rate)
+        return run_demo(_config(args), duration_s=args.duration or 60.0, rate=args.rate)
+    from engine.demo.main import DemoPlan, run_main_demo
+
+    plan = DemoPlan() if args.duration is None else DemoPlan(live_s=args.duration, drift_at_s=args.duration * 0.45)
+    return run_main_demo(_config(args), plan, out_dir=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,10 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--now-ms", type=int, default=None, help="clock for the TTL check (default: now)")
     feats.set_defaults(fn=cmd_features)
 
-    demo = sub.add_parser("demo", help="start everything, stream simulated traffic, report what happened")
-    demo.add_argument("--duration", type=float, default=60.0)
+    demo = sub.add_parser("demo", help="the main job end to end: stack, dataflows, training, serving, live "
+                                       "traffic with drift, load, and a report (about 3 minutes)")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds of live traffic (default 80; with --tour: 60)")
+    demo.add_argument("--out", default=None, help="where the run and its report go (default <data_dir>/demo-<time>)")
+    demo.add_argument("--tour", action="store_true", help="only the features tour: simulated traffic through the "
+                                                         "features dataflow, and a summary")
     # 1000/s leaves the 2-core reference machine room for the broker, Redis and the dataflow.
-    demo.add_argument("--rate", type=float, default=1000.0, help="impressions per second")
+    demo.add_argument("--rate", type=float, default=1000.0, help="--tour: impressions per second")
     demo.set_defaults(fn=cmd_demo)
 
     # The offline loop: each area registers its own subcommands.

@@ -207,13 +207,13 @@ def _markdown(r: DemoResults, plots: dict[str, str]) -> str:
                       f"{'+' + _s(d) if (d := first_alert_delay(r.alerts, r.drift_at_s, k)) is not None else 'none'}"
                       for k in kinds)]
     if r.alerts:
-        out += [""] + _table(["t", "kind", "feature", "statistic", "value"],
-                             [[_s(a.t_s), a.kind, a.feature, a.statistic, "" if a.value is None else f"{a.value:.4g}"]
-                              for a in r.alerts])
+        out += [""] + _table(["kind", "feature", "alerts", "first", "last", "statistics (first value)"],
+                             _alert_rows(r.alerts))
     if r.regret:
         at_drift = _last_before(r.regret, r.drift_at_s, inclusive=True)
         out += ["", "## Bandit regret", "",
-                f"Cumulative regret (expected clicks lost against the best list): {r.regret[-1][1]:.1f} "
+                f"Cumulative exploration regret (expected clicks lost against the best cold item at each "
+                f"explored slot): {r.regret[-1][1]:.1f} "
                 f"after {_s(r.regret[-1][0])}"
                 + (f"; {at_drift:.1f} at the drift." if at_drift is not None else "."),
                 "", f"![regret]({plots['regret']})"]
@@ -229,9 +229,34 @@ def _markdown(r: DemoResults, plots: dict[str, str]) -> str:
     if series:
         out += ["", "<details><summary>Series</summary>", ""]
         for name, s in series:
-            out += [f"**{name}**", ""] + _table(["t (s)", "value"], [[f"{t:.1f}", f"{v:.4g}"] for t, v in s]) + [""]
+            out += [f"**{name}**", ""] + _table(["t (s)", "value"],
+                                                [[f"{t:.1f}", f"{v:.4g}"] for t, v in _thin(s)]) + [""]
         out += ["</details>"]
     return "\n".join(out) + "\n"
+
+
+def _alert_rows(alerts: Sequence[AlertMark]) -> list[list[str | float | int]]:
+    """One row per (kind, feature): how many alerts, when, and each statistic's first value."""
+    groups: dict[tuple[str, str], list[AlertMark]] = {}
+    for a in sorted(alerts):
+        groups.setdefault((a.kind, a.feature), []).append(a)
+    rows: list[list[str | float | int]] = []
+    for (kind, feature), marks in sorted(groups.items(), key=lambda kv: kv[1][0].t_s):
+        first: dict[str, float | None] = {}
+        for a in marks:
+            first.setdefault(a.statistic, a.value)
+        stats = ", ".join(f"{k} {'' if v is None else f'{v:.4g}'}".strip() for k, v in first.items())
+        rows.append([kind, feature, len(marks), _s(marks[0].t_s), _s(marks[-1].t_s), stats])
+    return rows
+
+
+def _thin(series: Sequence[tuple[float, float]], most: int = 40) -> list[tuple[float, float]]:
+    """At most ``most`` points of a series, evenly spaced, the last one kept."""
+    if len(series) <= most:
+        return list(series)
+    step = len(series) / most
+    picked = [series[int(i * step)] for i in range(most - 1)]
+    return picked + [series[-1]]
 
 
 def write_report(results: DemoResults, out_dir: str | Path) -> Path:
