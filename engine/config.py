@@ -171,6 +171,8 @@ class RetrainingConfig(_Section):
     )  # hashed as categorical fields
     model_kind: Literal["lr", "deepfm"] = "deepfm"
     epochs: int = Field(3, ge=1)
+    batch_size: int = Field(1024, ge=1)  # small enough for enough steps on a few days of examples
+    buckets: int = Field(1 << 17, ge=2)  # hash buckets per sparse column
     downsample_rate: float = Field(1.0, gt=0, le=1)
     calibration: Literal["platt", "isotonic", "none"] = "platt"
     precision: Literal["fp32", "int8", "fp16"] = "fp32"

@@ -143,7 +143,8 @@ def _run(cfg: RtmlConfig, report: RetrainReport, run_dir: Path, examples: pd.Dat
     report.dataset_dir = str(dataset_dir)
 
     train_cfg = TrainConfig(
-        kind=rcfg.model_kind, epochs=rcfg.epochs, downsample_rate=rcfg.downsample_rate,
+        kind=rcfg.model_kind, epochs=rcfg.epochs, batch_size=rcfg.batch_size, buckets=rcfg.buckets,
+        downsample_rate=rcfg.downsample_rate,
         calibration=None if rcfg.calibration == "none" else rcfg.calibration,
     )
     run = train_from_dataset(dataset_dir, train_cfg, sparse_columns=rcfg.sparse_columns)

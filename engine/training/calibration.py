@@ -28,12 +28,16 @@ Calibrators (JSON-serialisable dicts):
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 import numpy as np
 from scipy.optimize import isotonic_regression
 
 EPS = 1e-7  # clip before logit
+
+log = logging.getLogger(__name__)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -99,6 +103,14 @@ def fit_platt(scores_q: np.ndarray, labels: np.ndarray, max_iter: int = 100, tol
         theta = theta - t * step
         if np.abs(t * step).max() < tol:
             break
+    if theta[0] < 0:
+        # A calibrator may rescale scores but never reverse their order. The likelihood is convex,
+        # so the best fit with a >= 0 lies on a = 0: the base rate for everyone. A model whose
+        # scores anti-correlate with the labels on held-out data is broken; say so.
+        rate = float(y.mean())
+        log.warning("Platt scaling fitted a negative slope (%.3g): the scores are anti-correlated with the "
+                    "held-out labels; calibrating to the base rate %.4g instead", theta[0], rate)
+        theta = np.array([0.0, np.log(rate / (1 - rate))])
     return {"kind": "platt", "a": float(theta[0]), "b": float(theta[1])}
 
 

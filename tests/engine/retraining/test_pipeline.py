@@ -68,7 +68,7 @@ def test_runs_register_then_shadow_with_lineage_and_a_quality_gate(
     assert first.status == "registered", first.message
     assert first.version == "1" and first.baseline_version is None and not first.shadow
     assert first.examples > 5_000
-    assert 0.5 < first.test_metrics["auc"] <= 1.0
+    assert 0.6 < first.test_metrics["auc"] <= 1.0  # the simulator's clicks are learnable from these features
 
     registry = ModelRegistry(cfg.learning.model_repository or "")
     info = registry.get("ctr", "1")

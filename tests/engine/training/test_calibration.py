@@ -74,3 +74,17 @@ def test_platt_clips_before_logit_and_fit_calibrator_by_name() -> None:
         fit_calibrator("beta", q, y)
     with pytest.raises(ValueError):
         fit_platt(q, np.zeros(4))
+
+
+def test_platt_never_reverses_the_order_of_scores() -> None:
+    import numpy as np
+
+    from engine.training.calibration import apply_calibrator, fit_platt, sigmoid
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=5_000)
+    y = (rng.random(5_000) < sigmoid(-1.5 * z - 2)).astype(np.float64)  # scores anti-correlated with labels
+    params = fit_platt(sigmoid(z), y)
+    assert params["a"] == 0.0
+    out = apply_calibrator(params, sigmoid(z))
+    np.testing.assert_allclose(out, y.mean(), rtol=1e-9)  # the base rate, never a flipped ranking
