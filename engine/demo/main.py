@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
 
 from engine.config import RtmlConfig
 from engine.demo.models import CTR, RANKER, TOWERS, StartingModels, item_vectors, train_starting_models
@@ -327,7 +328,7 @@ class _App:
                 task.add_done_callback(tasks.discard)
             if time.monotonic() >= next_tick:
                 on_tick()
-                next_tick += 5.0
+                next_tick += 1.0
             await asyncio.sleep(period)
         if tasks:
             await asyncio.wait(tasks, timeout=10)
@@ -501,14 +502,23 @@ def _live_phase(cfg: RtmlConfig, plan: DemoPlan, sim: Simulator, events: Iterato
     before = scrape_job(cfg)
     fresh_before = _freshness_buckets(cfg)
 
+    # A live bar on a terminal (tqdm); a line every 5 s either way, so logs show progress too.
+    bar = tqdm(total=int(plan.live_s), desc="live", unit="s", disable=None, leave=False,
+               bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} s {postfix}")
+    lines = [0]
+
     def tick() -> None:
         t = time.monotonic() - live.started
         for learner, value in _learner_auc(cfg.metrics.learning_port).items():
             live.auc.setdefault(learner, []).append((t, value))
         aucs = ", ".join(f"{k} {v[-1][1]:.3f}" for k, v in live.auc.items()) or "warming up"
-        drift = "  << taste drift injected" if plan.drift_at_s <= t < plan.drift_at_s + 5 else ""
-        say(f"live {t:4.0f}s: recommend {live.recommends}, predict {live.predicts}, clicks {live.clicks}, "
-            f"new items {len(cold)}, online AUC {aucs}{drift}")
+        bar.n = min(int(t), bar.total)
+        bar.set_postfix_str(f"recommend {live.recommends} predict {live.predicts} clicks {live.clicks} AUC {aucs}")
+        if t >= lines[0] * 5:
+            lines[0] += 1
+            drift = "  << taste drift injected" if plan.drift_at_s <= t < plan.drift_at_s + 5 else ""
+            bar.write(f"[live {t:4.0f}s] recommend {live.recommends}, predict {live.predicts}, clicks "
+                      f"{live.clicks}, new items {len(cold)}, online AUC {aucs}{drift}")
 
     say(f"live: {plan.live_s:.0f} s of traffic, taste drift at {plan.drift_at_s:.0f} s, a new item every "
         f"{plan.new_item_every_s:.0f} s")
@@ -516,6 +526,7 @@ def _live_phase(cfg: RtmlConfig, plan: DemoPlan, sim: Simulator, events: Iterato
     try:
         asyncio.run(app.run(plan.live_s, tick))
     finally:
+        bar.close()
         stop.set()
         organic.join(10)
     after = scrape_job(cfg)
