@@ -15,7 +15,8 @@
    ``RecommendRequest`` messages for a pool of known users, sent by the project's load
    harness (:mod:`benchmarks.load`, closed loop, client spread over processes) at each
    concurrency. Every request runs the whole funnel: two Redis round trips, user tower
-   (micro-batched), FAISS search (HNSW, 1 thread, thread pool), ranker on all candidates
+   (micro-batched), FAISS search (1 thread; on the event loop, the index being smaller than
+   ``retrieval.inline_max_items``), ranker on all candidates
    (batched), re-ranking with MMR, exploration slots, and impressions + predictions logged
    to Kafka.
 4. **Floor**: the same user-tower, FAISS and ranker calls in-process, one request at a time

@@ -52,6 +52,11 @@ from engine.features.spec import FeatureView, default_views_path, load_views
 from serving.config import REQUEST_SOURCE, FeatureBindings, parse_source
 from serving.errors import ServingError
 
+try:  # redis-py's hiredis parser (private): replies read in one loop when it is the one in use
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: read_response per reply
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = object(), None
+
 log = logging.getLogger(__name__)
 
 TTL_FIELD = "_t"
@@ -178,6 +183,24 @@ def decode_row(
     return FeatureRow(tuple(_number(r) for r in raw[:-1]), age, True)
 
 
+async def _read_hiredis(parser: Any, count: int) -> list[Any]:
+    """``count`` replies from redis-py's hiredis parser, as ``read_response`` would return them
+    (an error reply as the exception in its slot; a connection error raised)."""
+    gets = parser._reader.gets
+    replies: list[Any] = []
+    while len(replies) < count:
+        reply = gets()
+        if reply is NOT_ENOUGH_DATA:
+            await parser.read_from_socket()
+            continue
+        if isinstance(reply, RedisConnectionError) or (
+            isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError)
+        ):
+            raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+        replies.append(reply)
+    return replies
+
+
 class FeatureFetcher:
     """Reads feature hashes from Redis over an asyncio client, one pipelined round trip per call.
 
@@ -282,6 +305,13 @@ class FeatureFetcher:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await conn.send_packed_command(payload, check_health=False)
+                parser = getattr(conn, "_parser", None)
+                if _AsyncHiredisParser is not None and isinstance(parser, _AsyncHiredisParser) \
+                        and parser._reader is not None:
+                    # Every reply parsed by hiredis in one C call each, awaiting the socket only
+                    # when its buffer runs dry: redis-py's read_response costs a few us of
+                    # Python per reply (~20 % of a 200-command round trip).
+                    return await _read_hiredis(parser, count)
                 for _ in range(count):
                     try:
                         # math.inf: no per-reply timeout context (the block above bounds all).

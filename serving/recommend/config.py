@@ -13,6 +13,7 @@
       snapshot: /var/lib/rtml/items.faiss   # optional: loaded at start (then the stream)
       from_beginning: true
       threads: 0                     # FAISS search pool; 0 = one per core
+      inline_max_items: 50000        # search on the event loop up to this index size (0: never)
     rerank:
       mmr_lambda: 0.7                # null: no MMR
       mmr_pool: 50                   # MMR picks among the best max(mmr_pool, 4k) by score
@@ -74,6 +75,9 @@ class RetrievalConfig(_Section):
     snapshot: str | None = None
     from_beginning: bool = True
     threads: int = Field(0, ge=0)  # FAISS search threads in the pool (each search 1 OpenMP thread)
+    # Searches run on the event loop (no thread hand-off) while the index holds at most this
+    # many items; 0: always in the pool.
+    inline_max_items: int = Field(50_000, ge=0)
 
 
 class Freshness(_Section):

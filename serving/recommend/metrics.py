@@ -43,3 +43,5 @@ class RecommendMetrics:
             "rtml_recommend_index_items", "Items in the retrieval index.", registry=registry,
         )
         self.stage_children = {s: self.stage.labels(s) for s in STAGES}
+        self.impressions_queued = self.impressions.labels("queued")
+        self.impressions_dropped = self.impressions.labels("dropped")

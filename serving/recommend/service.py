@@ -10,7 +10,9 @@
   :class:`~engine.retrieval.stream.ItemStreamUpdater` on the items topic (a new item is
   searchable as soon as its batch is applied: tens of milliseconds);
 * a **search pool**: a thread pool (``retrieval.threads``, default one per core); each search
-  pins FAISS to ``IndexConfig.threads`` OpenMP threads (1) in its own thread, off the loop;
+  pins FAISS to ``IndexConfig.threads`` OpenMP threads (1) in its own thread, off the loop.
+  While the index holds at most ``retrieval.inline_max_items`` items the search runs on the
+  event loop instead (a small index answers in ~0.1 ms, less than the hand-off);
 * **Redis** through the Predict pipeline's :class:`~serving.features.FeatureFetcher`
   (two pipelined round trips per request), the exploration bandit
   (:class:`~engine.bandits.dynamic.DynamicThompson`) and the popular list's refresher;
@@ -29,8 +31,8 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from engine.events.schemas import EventType, Interaction
+from engine.events.schemas import EventType
 from engine.learning.records import PredictionRecord
 from engine.retrieval.index import IndexConfig, ItemIndex
 from proto.rtml.v1 import serving_pb2 as rtml_pb
@@ -54,6 +56,8 @@ from serving.predictions_log import PredictionLogger, PredictionLogMetrics
 log = logging.getLogger(__name__)
 
 RECOMMEND_SERVICE = "rtml.v1.Recommendations"
+_IMPRESSION = EventType.IMPRESSION.value
+_random_bits = random.getrandbits  # the module generator: seeded from os.urandom, reseeded after fork
 METADATA = "metadata.json"
 
 
@@ -177,8 +181,11 @@ class RecommendService:
                                              from_beginning=cfg.retrieval.from_beginning)
             await asyncio.to_thread(self.updater.start)
             # Its own producer (metrics unregistered: the events topic is not the predictions log).
+            # Delivery reports only for failures: a Python callback per delivered message (k per
+            # request) would compete for the GIL with the event loop, for a counter nobody reads.
             self.impressions = PredictionLogger(self.kafka_bootstrap, self.events_topic,
-                                                metrics=PredictionLogMetrics(None)).start()
+                                                metrics=PredictionLogMetrics(None),
+                                                producer_config={"delivery.report.only.error": True}).start()
         if cfg.exploration.slots and self.redis_url:
             self.bandit = await asyncio.to_thread(self._make_bandit)
         self.popular = PopularRefresher(
@@ -211,6 +218,10 @@ class RecommendService:
 
     async def _search(self, query: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
         assert self.index is not None
+        if len(self.index) <= self.config.retrieval.inline_max_items:
+            # A small index answers in ~0.1 ms, mostly Python holding the GIL anyway: a thread
+            # hand-off (and the loop's wake-up after it) costs more than the search itself.
+            return self.index.search(query, n, [exclude])[0]
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self._pool, self.index.search, query, n, [exclude])
         return result[0]
@@ -235,7 +246,9 @@ class RecommendService:
 
     async def recommend(self, request: rtml_pb.RecommendRequest, deadline: float | None = None) -> rtml_pb.RecommendResponse:
         assert self.funnel is not None, "RecommendService.start() first"
-        request_id = request.request_id or uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex but without its os.urandom
+        # system call on the event loop (a syscall gives the GIL away to the model threads).
+        request_id = request.request_id or f"{_random_bits(128):032x}"
         rec = await self.funnel.recommend(request.user_id, int(request.k), exclude=list(request.exclude),
                                           deadline=deadline)
         self._log(request_id, request, rec)
@@ -255,14 +268,23 @@ class RecommendService:
         user_id = request.user_id
         context: dict[str, Any] = dict(request.context)
         impressions, predictions = self.impressions, self.predictions
+        if impressions is not None:
+            queued = 0
+            for item in rec.items:
+                # Interaction(user, item, IMPRESSION, now_ms, context, request_id).to_dict(), built directly.
+                queued += impressions.log({
+                    "user_id": user_id, "item_id": item.item_id, "event_type": _IMPRESSION, "event_time": now_ms,
+                    "context": {**context, "position": item.position, "reason": item.reason},
+                    "request_id": request_id,
+                }, user_id)
+            if queued:
+                self.metrics.impressions_queued.inc(queued)
+            if queued < len(rec.items):
+                self.metrics.impressions_dropped.inc(len(rec.items) - queued)
+        if predictions is None:
+            return
+        name, _, version = (rec.ranker or "").rpartition("/")
         for item in rec.items:
-            if impressions is not None:
-                event = Interaction(user_id, item.item_id, EventType.IMPRESSION, now_ms,
-                                    {**context, "position": item.position, "reason": item.reason}, request_id)
-                queued = impressions.log(event.to_dict(), user_id)
-                self.metrics.impressions.labels("queued" if queued else "dropped").inc()
-            if predictions is None:
-                continue
             ids = {"user_id": user_id, "item_id": item.item_id}
             if item.reason.startswith("explore"):
                 record = PredictionRecord(request_id, self.config.exploration.bandit, "dynamic", "bandit", now_ms,
@@ -270,7 +292,6 @@ class RecommendService:
                 record["position"] = item.position
                 predictions.log(record, user_id)
             elif rec.ranker is not None:
-                name, _, version = rec.ranker.rpartition("/")
                 predictions.log({
                     "request_id": request_id, "model": name, "version": version, "variant": "primary",
                     "entity_ids": ids, "features": item.features or {}, "feature_defaults": [],

@@ -186,7 +186,10 @@ class FunnelStore:
         else:
             missing = []
         for view in self._pair_views:
-            commands.extend(("HMGET", entity_key(self.prefix, view.name, composite_key([user_id, i])), *view.fields)
+            # composite_key([user_id, item]) with the user's part built once per request.
+            head = entity_key(self.prefix, view.name, composite_key([user_id, ""]))
+            fields = view.fields
+            commands.extend(("HMGET", head + (i if "%" not in i and "|" not in i else _escape(i)), *fields)
                             for i in item_ids)
         want_bandit = bandit and self.bandit is not None and n > 0
         if want_bandit:
@@ -211,18 +214,32 @@ class FunnelStore:
                     cache[item_ids[r]] = (stamp, rows)
         for v, view in enumerate(self._item_views):
             per_item = [rows[v] if rows is not None else None for rows in item_rows]
-            for j, column in enumerate(view.columns):
-                values[f"{view.name}.{column}"] = [row[j] if row is not None else None for row in per_item]
+            _columns(values, view, per_item)
         for view in self._pair_views:
             chunk = replies[at:at + n] if replies is not None else [None] * n
-            rows_p = decode_rows(chunk, view, now_ms)
             at += n
-            for j, column in enumerate(view.columns):
-                values[f"{view.name}.{column}"] = [row[j] if row is not None else None for row in rows_p]
+            _columns(values, view, decode_rows(chunk, view, now_ms))
         reply = None
         if want_bandit and replies is not None and not isinstance(replies[-1], BaseException):
             reply = list(replies[-1])
         return CandidateRead(values, reply)
+
+
+def _escape(value: str) -> str:
+    """One entity field escaped as :func:`~engine.features.keys.composite_key` escapes it."""
+    return value.replace("%", "%25").replace("|", "%7C")
+
+
+def _columns(values: dict[str, list[Any]], view: ResolvedView, rows: list[list[Any] | None]) -> None:
+    """Per column of ``view``, one value per row (None for a missing row) into ``values``."""
+    names = [f"{view.name}.{column}" for column in view.columns]
+    if all(row is not None for row in rows):
+        columns = list(zip(*rows)) if rows else [() for _ in names]
+        for name, column in zip(names, columns):
+            values[name] = list(column)
+        return
+    for j, name in enumerate(names):
+        values[name] = [row[j] if row is not None else None for row in rows]
 
 
 def as_float(values: Sequence[Any]) -> np.ndarray:
