@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -332,27 +332,37 @@ class ModelConfig(BaseModel):
         return self
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_config(path: str | Path, model: type[M], what: str, *, empty_is_default: bool = False) -> M:
+    """Read a YAML file into ``model``; ``ValueError`` naming the file and every problem.
+
+    ``what`` names the file in messages ("model config"). One line per problem, without
+    pydantic's documentation links: this ends up in log lines and in FAILED reasons.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read {what}: {' '.join(str(exc).split())}") from exc
+    if raw is None and empty_is_default:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: {what} must be a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(f"{path}: invalid {what}: {details}") from exc
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read a ``config.yaml``; an empty file means all defaults.
 
     Raises ``ValueError`` (pydantic's ``ValidationError`` is one) with the file name in the
     message when the YAML is unreadable or a field is unknown or out of range.
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read model config: {' '.join(str(exc).split())}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: model config must be a mapping, got {type(raw).__name__}")
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        # One line per problem, without pydantic's documentation links: this ends up in a
-        # log line and in the model's FAILED reason.
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"{path}: invalid model config: {details}") from exc
+    return load_yaml_config(path, ModelConfig, "model config", empty_is_default=True)

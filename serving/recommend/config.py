@@ -51,11 +51,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.bandits.spec import BanditSpec
 from engine.features.spec import parse_duration_ms
+from serving.config import load_yaml_config
 
 
 def _duration(value: Any) -> Any:
@@ -191,17 +191,4 @@ class RecommendConfig(_Section):
 
 def load_recommend_config(path: str | Path) -> RecommendConfig:
     """Read and validate the YAML file; ``ValueError`` naming the file and every problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read recommend config: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: recommend config must be a mapping")
-    try:
-        return RecommendConfig.model_validate(raw)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"{path}: invalid recommend config: {details}") from None
+    return load_yaml_config(path, RecommendConfig, "recommend config")
