@@ -15,7 +15,7 @@ import contextlib
 import copy
 import logging
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -124,41 +124,23 @@ def train_ranker(train: ClickData, valid: ClickData, cfg: TrainConfig,
         model.to(device)
         run = TrainingRun(cfg.kind, model, train.n_dense, field_dims, cfg.downsample_rate, None, {}, params,
                           dataset_manifest, features=features)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         dense, sparse, label = _tensors(device, fitted.dense, fitted.sparse, fitted.label)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n, history = len(fitted), []
-        best: tuple[float, int, dict[str, Any]] | None = None
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=gen).to(device)
-            total = 0.0
-            with _progress((n + cfg.batch_size - 1) // cfg.batch_size, f"{cfg.kind} epoch {epoch}", cfg.quiet) as bar:
-                for s in range(0, n, cfg.batch_size):
-                    idx = order[s:s + cfg.batch_size]
-                    logits = model(dense[idx], sparse[idx])
-                    y = label[idx]
-                    loss = (focal_loss(logits, y, cfg.focal_gamma, cfg.focal_alpha) if cfg.focal_gamma is not None
-                            else nn.functional.binary_cross_entropy_with_logits(logits, y))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    bar.update(1)
+        n = len(fitted)
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            logits, y = model(dense[idx], sparse[idx]), label[idx]
+            return (focal_loss(logits, y, cfg.focal_gamma, cfg.focal_alpha) if cfg.focal_gamma is not None
+                    else nn.functional.binary_cross_entropy_with_logits(logits, y))
+
+        def valid_loss() -> float:
             q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
-            vloss = log_loss(valid.label, q)
-            history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_log_loss": vloss})
-            log.info("%s epoch %d: train loss %.5f, valid log loss %.5f", cfg.kind, epoch, total / max(n, 1), vloss)
-            if best is None or vloss < best[0]:
-                best = (vloss, epoch, copy.deepcopy(model.state_dict()))
-            elif epoch - best[1] > cfg.patience:
-                break
-        assert best is not None
-        model.load_state_dict(best[2])
+            return log_loss(valid.label, q)
+
+        best_epoch, history = _fit(model, n, cfg, cfg.kind, batch_loss, valid_loss, "valid_log_loss")
         q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
         run.calibrator = fit_calibrator(cfg.calibration, q, valid.label)
         run.metrics = {
-            "best_epoch": best[1], "history": history, "device": str(device),
+            "best_epoch": best_epoch, "history": history, "device": str(device),
             "train_rows": len(train), "train_rows_used": n,
             "valid": classification_report(valid.label, q),
             # In-sample for the calibrator (fit on this split): an optimistic figure.
@@ -199,47 +181,67 @@ def train_two_tower(train: PairData, valid: PairData, cfg: TrainConfig, dataset_
         run = TrainingRun("two_tower", model, train.user_dense.shape[1], ufd, 1.0, None, {}, params,
                           dataset_manifest, item_n_dense=train.item_dense.shape[1], item_field_dims=ifd,
                           features=features)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         arrays = _tensors(device, train.user_dense, train.user_sparse, train.item_dense, train.item_sparse)
         varrays = _tensors(device, valid.user_dense, valid.user_sparse, valid.item_dense, valid.item_sparse)
         keys, log_q, vkeys, vlog_q = _keys_and_logq(train, valid, device)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n, history = len(train), []
-        best: tuple[float, int, dict[str, Any]] | None = None
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=gen).to(device)
-            total = 0.0
-            with _progress((n + cfg.batch_size - 1) // cfg.batch_size, f"two_tower epoch {epoch}", cfg.quiet) as bar:
-                for s in range(0, n, cfg.batch_size):
-                    idx = order[s:s + cfg.batch_size]
-                    loss = _inbatch_loss(model, [a[idx] for a in arrays], keys[idx],
-                                         log_q[idx] if cfg.logq_correction else None, cfg.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    bar.update(1)
+        n, b = len(train), cfg.batch_size
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            return _inbatch_loss(model, [a[idx] for a in arrays], keys[idx],
+                                 log_q[idx] if cfg.logq_correction else None, cfg.temperature)
+
+        def valid_loss() -> float:
             model.eval()
             with torch.no_grad():
-                vl = [float(_inbatch_loss(model, [a[s:s + cfg.batch_size] for a in varrays], vkeys[s:s + cfg.batch_size],
-                                          vlog_q[s:s + cfg.batch_size] if cfg.logq_correction else None,
-                                          cfg.temperature)) * len(vkeys[s:s + cfg.batch_size])
-                      for s in range(0, len(valid), cfg.batch_size)]
-            vloss = sum(vl) / max(len(valid), 1)
-            history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_loss": vloss})
-            log.info("two_tower epoch %d: train loss %.5f, valid loss %.5f", epoch, total / max(n, 1), vloss)
-            if best is None or vloss < best[0]:
-                best = (vloss, epoch, copy.deepcopy(model.state_dict()))
-            elif epoch - best[1] > cfg.patience:
-                break
-        assert best is not None
-        model.load_state_dict(best[2])
+                vl = [float(_inbatch_loss(model, [a[s:s + b] for a in varrays], vkeys[s:s + b],
+                                          vlog_q[s:s + b] if cfg.logq_correction else None,
+                                          cfg.temperature)) * len(vkeys[s:s + b])
+                      for s in range(0, len(valid), b)]
+            return sum(vl) / max(len(valid), 1)
+
+        best_epoch, history = _fit(model, n, cfg, "two_tower", batch_loss, valid_loss, "valid_loss")
         report = retrieval_report(run, valid, cfg.eval_k)
         report.pop("recall_curve")
-        run.metrics = {"best_epoch": best[1], "history": history, "device": str(device), "train_rows": n,
+        run.metrics = {"best_epoch": best_epoch, "history": history, "device": str(device), "train_rows": n,
                        "valid": report}
     return run
+
+
+def _fit(model: nn.Module, n: int, cfg: TrainConfig, name: str, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+         valid_loss: Callable[[], float], valid_key: str) -> tuple[int, list[dict[str, Any]]]:
+    """AdamW over shuffled mini-batches of ``n`` rows, early stopping on ``valid_loss``.
+
+    Leaves the best epoch's weights in ``model``; returns that epoch and the history.
+    """
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, Any]] | None = None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        with _progress((n + cfg.batch_size - 1) // cfg.batch_size, f"{name} epoch {epoch}", cfg.quiet) as bar:
+            for s in range(0, n, cfg.batch_size):
+                idx = order[s:s + cfg.batch_size]
+                loss = batch_loss(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                bar.update(1)
+        vloss = valid_loss()
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), valid_key: vloss})
+        log.info("%s epoch %d: train loss %.5f, %s %.5f", name, epoch, total / max(n, 1),
+                 valid_key.replace("_", " "), vloss)
+        if best is None or vloss < best[0]:
+            best = (vloss, epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] > cfg.patience:
+            break
+    assert best is not None
+    model.load_state_dict(best[2])
+    return best[1], history
 
 
 def _max_dims(*arrays: np.ndarray) -> list[int]:
