@@ -106,12 +106,13 @@ def measure_floor(repo: Path, rw: Any, vectors: np.ndarray, users: Sequence[str]
     index = build_index(rw.items, vectors, IndexConfig(dim=vectors.shape[1], kind="hnsw", use_gpu="auto"),
                         rw.categories)
     user_layout: InputLayout = tower.layout
-    tower_feeds, ranker_feeds = [], []
+    tower_feeds, ranker_feeds, queries = [], [], []
     for u in users:
         row = rw.user_row(int(u[1:]))
         cols = {s: [u] if s == "user_id" else [row[s]] for s in user_layout.sources}
         feeds = user_layout.feeds(cols, tower.input_names)
         vec = tower(feeds)
+        queries.append(np.asarray(vec, np.float32).reshape(-1))
         hits = index.search(np.asarray(vec, np.float32), candidates)[0]
         items = [int(i[1:]) for i, _ in hits]
         frame = rw.frame(np.full(len(items), int(u[1:])), np.array(items), np.zeros(len(items)))
@@ -130,11 +131,37 @@ def measure_floor(repo: Path, rw: Any, vectors: np.ndarray, users: Sequence[str]
         ranker(ranker_feeds[j])
         lat.append(perf() - t)
         i += 1
+    faiss_stats = chosen_index_recall(index, np.vstack(queries))
     index.close()
     arr = np.asarray(lat)
     return {"requests": len(lat), "throughput_rps_1_thread": round(float(len(lat) / arr.sum()), 1),
             "p50_ms": round(float(np.percentile(arr, 50)) * 1000, 3),
-            "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3), "candidates": candidates}
+            "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3), "candidates": candidates,
+            "faiss": faiss_stats}
+
+
+def chosen_index_recall(index: Any, queries: np.ndarray, k: int = 10) -> dict[str, Any]:
+    """Recall@k of the served index config against IndexFlatIP on the same items and the users'
+    tower vectors, with batch-1 single-thread QPS of both (the flat index is the floor)."""
+    import faiss
+
+    from engine.retrieval.evaluation import index_recall
+
+    _, vectors = index.items()
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    perf = time.perf_counter
+
+    def rate(search: Any) -> float:
+        t = perf()
+        for q in queries:
+            search(q[None, :])
+        return len(queries) / (perf() - t)
+
+    ours, floor = rate(lambda q: index.search(q, k)), rate(lambda q: flat.search(q, k))
+    return {"index": index.config.kind, "items": int(len(vectors)), "queries": int(len(queries)),
+            "recall_at_10": round(index_recall(index, queries, k), 4), "qps": round(ours, 1),
+            "flat_qps": round(floor, 1), "ratio_to_floor": round(ours / floor, 2)}
 
 
 def funnel_inprocess(repo: Path, rw: Any, vectors: np.ndarray, users: Sequence[str], config_path: Path,
@@ -293,6 +320,13 @@ def markdown_table(result: dict[str, Any]) -> str:
     for r in result["served"]:
         lines.append(f"| served gRPC, C={r['concurrency']} | {fmt_rate(r['throughput_rps'])} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['vs_floor_throughput']:.2f} |")
+    fa = f.get("faiss")
+    if fa:
+        lines += ["", f"FAISS, the served index ({fa['index']}) on the benchmark's {fa['items']:,} items and "
+                      f"{fa['queries']} users' tower vectors: recall@10 {fa['recall_at_10']:.3f} against IndexFlatIP, "
+                      f"{fmt_rate(fa['qps'])} QPS vs {fmt_rate(fa['flat_qps'])} for the flat floor (batch 1, one "
+                      f"thread; ratio {fa['ratio_to_floor']:.2f}). At the 200k × 64 anchor: "
+                      "`python -m benchmarks.faiss_index` (HNSW32 efSearch 64 recall 0.984)."]
     for r in result["served"]:
         if r.get("stage_ms"):
             stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stage_ms"].items())
@@ -315,11 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--floor-seconds", type=float, default=5.0)
     p.add_argument("--from-json", default=None, help="print the table of an earlier result file")
     p.add_argument("--no-readme", action="store_true", help="do not update the README table")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.from_json:
         return reprint_from_json(args.from_json, NAME, markdown_table, readme=not args.no_readme)
     result = run_benchmark(args)
-    path = write_result(NAME, result)
+    path = write_result(NAME, result, args.out)
     markdown = markdown_table(result)
     print(markdown)
     if not args.no_readme:
