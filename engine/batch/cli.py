@@ -15,10 +15,9 @@ import sys
 
 import orjson
 
-from engine.batch.predict import DEFAULT_BATCH_SIZE, DEFAULT_TTL_MS, BatchPredictError, batch_predict, read_ids
+from engine.batch import DEFAULT_BATCH_SIZE, DEFAULT_TTL_MS
 from engine.config import load_config
 from engine.features.spec import parse_duration_ms
-from serving.errors import ServingError
 
 
 def _duration(text: str) -> int:
@@ -30,6 +29,10 @@ def _duration(text: str) -> int:
 
 def cmd_batch_predict(args: argparse.Namespace) -> int:
     """Run one batch prediction; print its summary (JSON with ``--json``)."""
+    # Imported here, not at the top: every ``rtml`` command builds this parser.
+    from engine.batch.predict import BatchPredictError, batch_predict, read_ids
+    from serving.errors import ServingError
+
     cfg = load_config(getattr(args, "config", None))
     try:
         users = read_ids(args.users) if args.users else None

@@ -36,6 +36,7 @@ import numpy as np
 import redis
 from prometheus_client import CollectorRegistry
 
+from engine.batch import DEFAULT_BATCH_SIZE, DEFAULT_TTL_MS
 from engine.batch.store import RunMeta, ScoreWriter, pack_rows, scores_key
 from engine.config import RtmlConfig
 from engine.features.online import entity_key
@@ -54,8 +55,6 @@ from serving.predict import PredictPipeline, compile_plan
 from serving.repository import scan_model, version_key
 from serving.tensors import TensorSpec
 
-DEFAULT_BATCH_SIZE = 1024
-DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000  # a week: stale scores stay visible (counted "stale", not "miss")
 
 
 class BatchPredictError(ValueError):

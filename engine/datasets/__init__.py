@@ -6,21 +6,7 @@
 * :mod:`engine.datasets.splits` -- time-based train / validation / test splits;
 * :mod:`engine.datasets.build` -- the dataset files and their manifest;
 * :mod:`engine.datasets.cli` -- the ``rtml dataset`` subcommands.
+
+Nothing is imported here: pandas and pyarrow load only with the module that needs them
+(``rtml`` builds its parser from every package's ``cli``).
 """
-
-from engine.datasets.build import DatasetManifest, build_dataset, build_from_offline_store
-from engine.datasets.examples import examples_from_events, load_examples
-from engine.datasets.pit import FeatureTable, point_in_time_join
-from engine.datasets.splits import SplitSpec, split_by_time
-
-__all__ = [
-    "DatasetManifest",
-    "FeatureTable",
-    "SplitSpec",
-    "build_dataset",
-    "build_from_offline_store",
-    "examples_from_events",
-    "load_examples",
-    "point_in_time_join",
-    "split_by_time",
-]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import load_config
-from engine.datasets.build import DatasetManifest, build_from_offline_store
-from engine.datasets.examples import examples_from_events, read_table
-from engine.datasets.splits import SplitSpec
 from engine.features.spec import load_views, parse_duration_ms, views_from_config
+
+if TYPE_CHECKING:
+    from engine.datasets.build import DatasetManifest
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(fn=cmd_dataset_build)
 
 
-def summary(manifest: DatasetManifest) -> str:
+def summary(manifest: "DatasetManifest") -> str:
     """A few human lines about a built data set."""
     lines = [f"{manifest.rows} examples, {len(manifest.features)} features, "
              f"time {manifest.min_time_ms}..{manifest.max_time_ms}"]
@@ -89,6 +89,11 @@ def summary(manifest: DatasetManifest) -> str:
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
     """Run ``rtml dataset build``; 0 on success, 2 on bad input."""
+    # Imported here, not at the top: every ``rtml`` command builds this parser.
+    from engine.datasets.build import build_from_offline_store
+    from engine.datasets.examples import examples_from_events, read_table
+    from engine.datasets.splits import SplitSpec
+
     cfg = load_config(getattr(args, "config", None))
     views = load_views(args.feature_specs) if args.feature_specs else views_from_config(cfg)
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
