@@ -57,6 +57,7 @@ from proto.rtml.v1 import serving_pb2 as rtml_pb
 RECOMMEND_METHOD = "/rtml.v1.Recommendations/Recommend"
 PREDICT_METHOD = "/rtml.v1.Prediction/Predict"
 EXPLORE_BANDIT = "rec-explore"
+EXPLORE_MAX_AGE_MS = 300_000  # items younger than this are cold: explored, and counted for regret
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ rerank:
 exploration:
   slots: 2
   bandit: {EXPLORE_BANDIT}
-  max_age: 5m
+  max_age: {EXPLORE_MAX_AGE_MS}
 popular:
   source: item.clicks_1h
   refresh: 10s
@@ -174,6 +175,10 @@ class _Sender:
             event, topic, key = self.embed(event), k.items_topic, event.item_id
         else:
             return  # malformed events are the features tour's subject, not this one's
+        self.produce(topic, event, key)
+
+    def produce(self, topic: str, event: Any, key: str) -> None:
+        """One event to ``topic`` as it is (no routing, no embedding)."""
         value, headers = encode(event)
         while True:
             try:
@@ -259,9 +264,8 @@ class _App:
     """The simulated app: calls Recommend and Predict, shows results, sends the users' clicks."""
 
     def __init__(self, cfg: RtmlConfig, target: str, sim: Simulator, sender: _Sender, users: list[str],
-                 cold: dict[str, float], live: _Live, plan: DemoPlan) -> None:
-        self.cfg, self.sim, self.sender, self.users, self.cold, self.live, self.plan = (
-            cfg, sim, sender, users, cold, live, plan)
+                 live: _Live, plan: DemoPlan) -> None:
+        self.cfg, self.sim, self.sender, self.users, self.live, self.plan = cfg, sim, sender, users, live, plan
         self.feedback = FeedbackSimulator(sim, seed=plan.seed)
         self.rng = random.Random(plan.seed)
         self.target = target
@@ -289,14 +293,12 @@ class _App:
         self.live.recommends += 1
         self._clicks(user, shown, request_id, now_ms, impressions=False)  # serving logged the impressions
         # Exploration regret: the best cold item (true CTR at that slot) minus the one explored.
-        cold_now = _cold_items(self.sim, now_ms, self.max_age_ms)
+        cold_now = _cold_items(self.sim, now_ms, EXPLORE_MAX_AGE_MS)
         for item in response.items:
             if item.reason.startswith("explore") and item.item_id in cold_now:
                 best = max(self.feedback.true_ctr(user, c, item.position, now_ms) for c in cold_now)
                 self.live.explore_regret += best - self.feedback.true_ctr(user, item.item_id, item.position, now_ms)
         self.live.regret.append((time.monotonic() - self.live.started, self.live.explore_regret))
-
-    max_age_ms = 300_000  # the recommend config's exploration.max_age
 
     async def one_predict(self) -> None:
         user, request_id, now_ms = self.rng.choice(self.users), uuid.uuid4().hex, int(time.time() * 1000)
@@ -341,8 +343,8 @@ def _cold_items(sim: Simulator, now_ms: int, max_age_ms: int) -> list[str]:
             if now_ms - max_age_ms <= _arrival_ms(sim, i) <= now_ms and i >= sim.config.n_items]
 
 
-def _organic(events: Iterator[Any], first: Any, sender: _Sender, stop: threading.Event, cold: dict[str, float],
-             models: StartingModels) -> None:
+def _organic(events: Iterator[Any], first: Any, sender: _Sender, stop: threading.Event,
+             arrived: dict[str, float]) -> None:
     """Keep the simulator's own traffic flowing in real time (event time = wall clock)."""
     event = first
     while not stop.is_set():
@@ -352,7 +354,7 @@ def _organic(events: Iterator[Any], first: Any, sender: _Sender, stop: threading
             if ahead > 0.5:
                 continue
         if isinstance(event, ItemUpdate) and event.active:
-            cold.setdefault(event.item_id, time.time())
+            arrived.setdefault(event.item_id, time.time())
         sender.send(event)
         event = next(events)
     sender.flush()
@@ -404,8 +406,9 @@ def run_main_demo(cfg: RtmlConfig, plan: DemoPlan = DemoPlan(), out_dir: str | P
             say("trained and registered: " + ", ".join(f"{k} test AUC {v:.3f}" for k, v in models.test_auc.items()))
 
             dim = int(models.two_tower.params.get("out_dim", 16))
-            _publish_catalogue(cfg, sim, sender, models, now_ms)
-            sender.embed = lambda update: _embed(cfg, models, update)
+            embedder = _ItemEmbedder(cfg, models)
+            _publish_catalogue(cfg, sim, sender, embedder, now_ms)
+            sender.embed = embedder
             grpc_port, metrics_port = free_port(), free_port()
             serving = Supervisor([_serve_spec(cfg, _recommend_config(run_dir, dim, plan), grpc_port, metrics_port)],
                                  cfg, log_dir=run_dir / "logs").start()
@@ -430,16 +433,15 @@ def run_main_demo(cfg: RtmlConfig, plan: DemoPlan = DemoPlan(), out_dir: str | P
             features.stop()
 
 
-def _publish_catalogue(cfg: RtmlConfig, sim: Simulator, sender: _Sender, models: StartingModels, now_ms: int) -> None:
+def _publish_catalogue(cfg: RtmlConfig, sim: Simulator, sender: _Sender, embedder: "_ItemEmbedder",
+                       now_ms: int) -> None:
     """Every item that exists now, embedded by the item tower from its current features."""
     ids = [sim.item_id(i) for i in range(sim.n_items_at(now_ms))]
-    vectors = item_vectors(models, ids, _item_features(cfg, ids, models))
-    for index, (item, vector) in enumerate(zip(ids, vectors)):
+    for index, (item, vector) in enumerate(zip(ids, embedder.vectors(ids))):
         # Stamped with the item's creation time: the index's freshness and cold-start rules use it.
         update = ItemUpdate(item, _arrival_ms(sim, index), category=_category(sim, item),
                             embedding=vector.astype(float).tolist())
-        value, headers = encode(update)
-        sender.producer.produce(cfg.kafka.items_topic, value, item, headers=headers)
+        sender.produce(cfg.kafka.items_topic, update, item)
     sender.flush()
 
 
@@ -457,21 +459,33 @@ def _category(sim: Simulator, item: str) -> str | None:
     return f"c{int(sim.item_categories[index])}" if index < len(sim.item_categories) else None
 
 
-def _item_features(cfg: RtmlConfig, ids: list[str], models: StartingModels) -> dict[str, list[Any]]:
-    from engine.features.online import OnlineStore
-    from engine.features.spec import views_from_config
+class _ItemEmbedder:
+    """Index vectors for items: the item tower over their current features in Redis.
 
-    dense = [c for c in models.item_layout["dense"]]
-    store = OnlineStore(redis.Redis.from_url(cfg.redis.url or ""), views_from_config(cfg), cfg.redis.key_prefix)
-    rows = store.get("item", ids, features=[c.split(".", 1)[1] for c in dense])
-    return {c: [row.values.get(c.split(".", 1)[1]) if row.found else None for row in rows] for c in dense}
+    What the demo's item-embedding job does to every update on its way to the items topic.
+    """
 
+    def __init__(self, cfg: RtmlConfig, models: StartingModels) -> None:
+        from engine.features.online import OnlineStore
+        from engine.features.spec import views_from_config
 
-def _embed(cfg: RtmlConfig, models: StartingModels, update: ItemUpdate) -> ItemUpdate:
-    """A new or changed item's index vector: the item tower over its (new: empty) features."""
-    vector = item_vectors(models, [update.item_id], _item_features(cfg, [update.item_id], models))[0]
-    return ItemUpdate(update.item_id, update.event_time, update.category, vector.astype(float).tolist(),
-                      update.active, update.attributes)
+        self.models = models
+        self.dense = list(models.item_layout["dense"])
+        self.store = OnlineStore(redis.Redis.from_url(cfg.redis.url or ""), views_from_config(cfg),
+                                 cfg.redis.key_prefix)
+
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        columns = [c.split(".", 1)[1] for c in self.dense]
+        rows = self.store.get("item", ids, features=columns)
+        features = {c: [row.values.get(col) if row.found else None for row in rows]
+                    for c, col in zip(self.dense, columns)}
+        return item_vectors(self.models, ids, features)
+
+    def __call__(self, update: ItemUpdate) -> ItemUpdate:
+        """A new or changed item's update, carrying its index vector (a new item's features are empty)."""
+        vector = self.vectors([update.item_id])[0]
+        return ItemUpdate(update.item_id, update.event_time, update.category, vector.astype(float).tolist(),
+                          update.active, update.attributes)
 
 
 async def _wait_recommend(target: str, plan: DemoPlan, timeout_s: float) -> None:
@@ -494,11 +508,11 @@ def _live_phase(cfg: RtmlConfig, plan: DemoPlan, sim: Simulator, events: Iterato
                 sender: _Sender, models: StartingModels, target: str, say: Any) -> tuple[DemoResults, float]:
     """Run the app and the organic traffic; returns the results so far and the phase's wall start."""
     live = _Live(time.monotonic())
-    cold: dict[str, float] = {}
+    arrived: dict[str, float] = {}  # new items seen while live (for the progress lines)
     stop = threading.Event()
-    organic = threading.Thread(target=_organic, args=(events, first, sender, stop, cold, models), daemon=True)
+    organic = threading.Thread(target=_organic, args=(events, first, sender, stop, arrived), daemon=True)
     users = list(sim.user_ids)
-    app = _App(cfg, target, sim, sender, users, cold, live, plan)
+    app = _App(cfg, target, sim, sender, users, live, plan)
     before = scrape_job(cfg)
     fresh_before = _freshness_buckets(cfg)
 
@@ -518,7 +532,7 @@ def _live_phase(cfg: RtmlConfig, plan: DemoPlan, sim: Simulator, events: Iterato
             lines[0] += 1
             drift = "  << taste drift injected" if plan.drift_at_s <= t < plan.drift_at_s + 5 else ""
             bar.write(f"[live {t:4.0f}s] recommend {live.recommends}, predict {live.predicts}, clicks "
-                      f"{live.clicks}, new items {len(cold)}, online AUC {aucs}{drift}")
+                      f"{live.clicks}, new items {len(arrived)}, online AUC {aucs}{drift}")
 
     say(f"live: {plan.live_s:.0f} s of traffic, taste drift at {plan.drift_at_s:.0f} s, a new item every "
         f"{plan.new_item_every_s:.0f} s")

@@ -23,7 +23,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -32,31 +32,11 @@ import torch
 from engine.export.parity import DEFAULT_TOLERANCE, MIN_ROWS, check_parity, sample_inputs
 from engine.export.postprocess import LOGIT, PROBABILITY, attach_postprocess
 from engine.export.torch_export import Exporter, OnnxGraph, export_module
+from engine.training.run import TrainingRun
 
 EMBEDDING = "embedding"
 RANKER_KINDS = ("lr", "deepfm")
 TOWERS = ("user", "item")
-
-
-class RunLike(Protocol):
-    """What export needs of a training run (:class:`engine.training.run.TrainingRun` has it)."""
-
-    kind: str
-    model: torch.nn.Module
-    n_dense: int
-    field_dims: list[int]
-    downsample_rate: float
-    calibrator: dict | None
-    item_n_dense: int
-    item_field_dims: list[int]
-
-    def predict_proba(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray: ...
-
-    def predict_logit(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray: ...
-
-    def encode_users(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray: ...
-
-    def encode_items(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -125,7 +105,7 @@ def _gate(model: onnx.ModelProto, checks: dict[str, Callable[[np.ndarray, np.nda
 
 
 def export_ranker(
-    run: RunLike,
+    run: TrainingRun,
     path: str | Path | None = None,
     *,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
@@ -155,7 +135,7 @@ def export_ranker(
 
 
 def export_towers(
-    run: RunLike,
+    run: TrainingRun,
     *,
     validation: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,

@@ -26,10 +26,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from engine.export.parity import DEFAULT_TOLERANCE
-from engine.export.ranker import ExportedModel, RunLike, export_ranker, export_towers
+from engine.export.ranker import ExportedModel, export_ranker, export_towers
 from engine.export.torch_export import Exporter
 from engine.export.variants import PRECISIONS, build_variants
 from engine.registry.registry import ModelRegistry, parse_ref
+from engine.training.run import TrainingRun
 
 VARIANTS_DIR = "variants"
 
@@ -49,7 +50,7 @@ class RegisteredModel:
         return f"{self.name}/{self.version}"
 
 
-def _base_metadata(run: RunLike, parent: str | None, source_run: str | Path | None) -> dict[str, Any]:
+def _base_metadata(run: TrainingRun, parent: str | None, source_run: str | Path | None) -> dict[str, Any]:
     return {
         "kind": run.kind,
         "parent": parent,
@@ -65,7 +66,7 @@ def _base_metadata(run: RunLike, parent: str | None, source_run: str | Path | No
 
 def register_run(
     registry: ModelRegistry,
-    run: RunLike,
+    run: TrainingRun,
     name: str,
     validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     *,
@@ -134,7 +135,7 @@ def register_run(
 
 def _register_towers(
     registry: ModelRegistry,
-    run: RunLike,
+    run: TrainingRun,
     name: str,
     *,
     parent: str | None,
