@@ -110,33 +110,37 @@ def _instrument(method: str, fn: Handler, metrics: GrpcMetrics) -> Handler:
     # Label children for error codes are looked up lazily: errors are the slow path.
     count = metrics.requests.labels
 
+    def record(start: float, code: str) -> None:
+        observe(time.perf_counter() - start)
+        if code == "OK":
+            ok()
+        else:
+            count(method, code).inc()
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Counted before the status goes out: a client that sees an error and then scrapes
+        # /metrics finds it counted.
         start = time.perf_counter()
-        code = "OK"
         try:
-            return await fn(request, context)
+            response = await fn(request, context)
         except ServingError as exc:
-            code = exc.code.name
+            record(start, exc.code.name)
             await context.abort(exc.code, str(exc))
         except grpc.aio.AbortError:
             # The handler aborted by itself; the status is already set on the context.
             code_obj = context.code() if hasattr(context, "code") else None
-            code = code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN"
+            record(start, code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN")
             raise
         except asyncio.CancelledError:
             # Client went away or its deadline passed: grpc already ended the RPC.
-            code = "CANCELLED"
+            record(start, "CANCELLED")
             raise
         except Exception as exc:
-            code = "INTERNAL"
             log.exception("%s failed with an unexpected error", method)
+            record(start, "INTERNAL")
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
-        finally:
-            observe(time.perf_counter() - start)
-            if code == "OK":
-                ok()
-            else:
-                count(method, code).inc()
+        record(start, "OK")
+        return response
 
     return handler
 
