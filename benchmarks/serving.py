@@ -510,7 +510,7 @@ def run_benchmark(
         "device": device_label or "CPU",
         "machine": machine_description(),
         "plan": plan.__dict__ | {"concurrencies": list(concurrencies), "floor_batches": list(floor_batches)},
-        "model_config": MODEL_CONFIG | {"intra_op_threads": config.intra_op_threads},
+        "model_config": MODEL_CONFIG | {"intra_op_threads": config.intra_op_threads, "inline_compute_us": config.inline_compute_us},
         "models": {
             m.name: {"description": m.description, "layers": list(m.layers), "macs_per_row": m.macs_per_row,
                      "floor_providers": floor_providers[m.name], "server_provider": server_providers.get(m.name)}

@@ -9,10 +9,14 @@ policy lost 4x at low load):
   requests to top it up, until the batch is full or the *oldest* queued request has waited
   ``max_queue_delay_us`` in total. A batch that is already full never waits, and requests
   that queued while the runner was busy have usually used up their delay already.
-* One ONNX Runtime call per batch, inputs concatenated along axis 0, run in a dedicated
-  single-thread executor (never on the event loop; a private thread so inference never
-  queues behind model loading or other work in the loop's default executor), outputs split
-  back per request. A request is never split across batches.
+* One ONNX Runtime call per batch, inputs concatenated along axis 0, outputs split back per
+  request. A request is never split across batches. The call runs in a dedicated
+  single-thread executor (a private thread, so inference never queues behind model loading
+  or other work in the loop's default executor) -- unless the model is fast: once the moving
+  average of its batch compute time is below ``inline_compute_us``, batches run on the event
+  loop itself, because for a small model the two thread hand-offs per batch cost more CPU
+  than the inference (measured on the serving benchmark's small MLP). A model that slows
+  down (bigger batches, a busier machine) goes back to the thread by the same average.
 
 Admission: the queue is bounded in *rows* (``queue_capacity``); a request that does not fit
 is refused at once with :class:`~serving.errors.Overloaded`. A request whose deadline
@@ -51,6 +55,11 @@ from serving.errors import DeadlineExceeded, InvalidInput, ModelUnavailable, Ove
 from serving.metrics import VersionMetrics
 
 log = logging.getLogger(__name__)
+
+# Batches computed on the inference thread before the inline decision is taken (the first
+# runs of a session include one-off allocations), and the moving average's weight.
+_INLINE_AFTER_BATCHES = 16
+_COMPUTE_AVG_WEIGHT = 0.05
 
 RunFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 ErrorMapper = Callable[[Exception], ServingError]
@@ -123,12 +132,15 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_us: int = 0,
         queue_capacity: int = 1024,
+        inline_compute_us: int = 0,
         name: str = "model",
         metrics: VersionMetrics | None = None,
         map_error: ErrorMapper = _default_error,
     ) -> None:
-        if max_batch_size < 0 or max_queue_delay_us < 0 or queue_capacity < 1:
-            raise ValueError("max_batch_size and max_queue_delay_us must be >= 0, queue_capacity >= 1")
+        if max_batch_size < 0 or max_queue_delay_us < 0 or queue_capacity < 1 or inline_compute_us < 0:
+            raise ValueError(
+                "max_batch_size, max_queue_delay_us and inline_compute_us must be >= 0, queue_capacity >= 1"
+            )
         self._run = run
         self._batching = max_batch_size > 0
         # Without a batch axis every request is its own batch of "1 row".
@@ -146,6 +158,9 @@ class DynamicBatcher:
         self._busy = False
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rtml-infer-{name}")
+        self._inline_below_s = inline_compute_us / 1e6
+        self._compute_avg_s: float | None = None  # moving average of batch compute time
+        self._computed_batches = 0
         self.stats = BatcherStats()
 
     # -- introspection -------------------------------------------------------------------
@@ -163,6 +178,16 @@ class DynamicBatcher:
     def busy(self) -> bool:
         """True while a batch is being computed."""
         return self._busy
+
+    @property
+    def inline(self) -> bool:
+        """True while batches run on the event loop (the model is fast enough; see the policy)."""
+        return (
+            self._inline_below_s > 0
+            and self._computed_batches >= _INLINE_AFTER_BATCHES
+            and self._compute_avg_s is not None
+            and self._compute_avg_s < self._inline_below_s
+        )
 
     @property
     def idle(self) -> bool:
@@ -320,17 +345,22 @@ class DynamicBatcher:
             for request in batch:
                 self._metrics.observe_queue(dispatched - request.enqueued)
         self._busy = True
+        inline = self.inline
         try:
             try:
-                results, compute_s = await loop.run_in_executor(
-                    self._executor, self._compute, [r.inputs for r in batch], [r.rows for r in batch]
-                )
+                if inline:
+                    results, compute_s = self._compute([r.inputs for r in batch], [r.rows for r in batch])
+                else:
+                    results, compute_s = await loop.run_in_executor(
+                        self._executor, self._compute, [r.inputs for r in batch], [r.rows for r in batch]
+                    )
             except Exception as exc:
                 self.stats.failed_batches += 1
                 await self._fail_or_isolate(batch, exc)
                 return
         finally:
             self._busy = False
+        self._observe_compute(compute_s)
         self.stats.executions += 1
         self.stats.rows += rows
         self.stats.history.append(BatchRecord(rows, len(batch), rows >= self._max_rows, waited, wait_s, compute_s))
@@ -339,6 +369,15 @@ class DynamicBatcher:
         for request, result in zip(batch, results):
             if not request.future.done():  # cancelled while computing: the result is dropped
                 request.future.set_result(result)
+        if inline:
+            # Let the answered requests reply and new ones arrive before the next batch is
+            # taken: an inline runner never awaited anything during this batch.
+            await asyncio.sleep(0)
+
+    def _observe_compute(self, compute_s: float) -> None:
+        self._computed_batches += 1
+        avg = self._compute_avg_s
+        self._compute_avg_s = compute_s if avg is None else avg + _COMPUTE_AVG_WEIGHT * (compute_s - avg)
 
     async def _fail_or_isolate(self, batch: list[_Request], exc: Exception) -> None:
         if len(batch) == 1:

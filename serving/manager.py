@@ -172,6 +172,7 @@ class ServedModel:
             max_batch_size=max_batch_size,
             max_queue_delay_us=config.max_queue_delay_us,
             queue_capacity=config.queue_capacity,
+            inline_compute_us=config.inline_compute_us,
             name=f"{name}-v{version}",
             metrics=metrics,
             map_error=map_ort_error,

@@ -338,3 +338,87 @@ def test_direct_submit_of_an_impossible_row_count_is_refused() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+class ThreadRecorder:
+    """A run function that records which thread ran each batch (optionally slowly)."""
+
+    def __init__(self, seconds: float = 0.0, fail_on: float | None = None) -> None:
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.threads: list[int] = []
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        if self.seconds:
+            time.sleep(self.seconds)
+        x = feeds["x"]
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise ValueError(f"bad value {self.fail_on}")
+        return {"y": x * 2}
+
+
+async def _sequential(batcher: DynamicBatcher, values: range) -> list[float]:
+    return [float((await batcher.submit(row(v)))["y"][0, 0]) for v in values]
+
+
+def test_a_fast_model_moves_onto_the_event_loop_after_its_first_batches() -> None:
+    run = ThreadRecorder()
+
+    async def main() -> tuple[list[float], int, bool]:
+        batcher = DynamicBatcher(run, max_batch_size=8, inline_compute_us=50_000)
+        out = await _sequential(batcher, range(40))
+        inline = batcher.inline
+        await batcher.close()
+        return out, threading.get_ident(), inline
+
+    out, loop_thread, inline = asyncio.run(main())
+    assert out == [2.0 * v for v in range(40)]
+    assert inline
+    # The first batches ran on the inference thread (the decision needs measurements) ...
+    assert all(t != loop_thread for t in run.threads[:16])
+    # ... the rest on the event loop's thread.
+    assert all(t == loop_thread for t in run.threads[16:])
+
+
+def test_a_slow_model_and_a_zero_threshold_stay_on_the_inference_thread() -> None:
+    slow, off = ThreadRecorder(seconds=0.002), ThreadRecorder()
+
+    async def main() -> tuple[int, bool, bool]:
+        slow_batcher = DynamicBatcher(slow, max_batch_size=8, inline_compute_us=500)  # 2 ms > 0.5 ms
+        off_batcher = DynamicBatcher(off, max_batch_size=8, inline_compute_us=0)
+        await _sequential(slow_batcher, range(30))
+        await _sequential(off_batcher, range(30))
+        flags = slow_batcher.inline, off_batcher.inline
+        await slow_batcher.close()
+        await off_batcher.close()
+        return threading.get_ident(), *flags
+
+    loop_thread, slow_inline, off_inline = asyncio.run(main())
+    assert not slow_inline and not off_inline
+    assert loop_thread not in slow.threads and loop_thread not in off.threads
+
+
+def test_inline_batches_keep_batching_and_isolate_a_bad_request() -> None:
+    run = ThreadRecorder(fail_on=13.0)
+
+    async def main() -> tuple[DynamicBatcher, list[object]]:
+        batcher = DynamicBatcher(run, max_batch_size=8, inline_compute_us=50_000)
+        await _sequential(batcher, range(20, 40))  # warm up past the decision
+        assert batcher.inline
+        outs = await asyncio.gather(*(batcher.submit(row(v)) for v in range(10, 20)), return_exceptions=True)
+        await batcher.close()
+        return batcher, outs
+
+    batcher, outs = asyncio.run(main())
+    assert isinstance(outs[3], ModelUnavailable) and "bad value 13.0" in str(outs[3])
+    assert [float(o["y"][0, 0]) for i, o in enumerate(outs) if i != 3] == [  # type: ignore[index]
+        2.0 * v for v in range(10, 20) if v != 13
+    ]
+    assert max(r.rows for r in batcher.stats.history) > 1  # concurrent requests still share batches
+    assert batcher.stats.failed_batches == 1
+
+
+def test_negative_inline_threshold_is_refused() -> None:
+    with pytest.raises(ValueError, match="inline_compute_us"):
+        DynamicBatcher(lambda f: f, max_batch_size=4, inline_compute_us=-1)
