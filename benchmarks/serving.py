@@ -13,14 +13,17 @@ larger ranking model 512→1024→512→256→1):
    the very session options and provider choice the server uses (``intra_op_threads`` from the
    model's config.yaml, 1 by default) -- at batch 1/8/32/128: calls/s and rows/s (median of
    three timed blocks);
-2. *served*: ``python -m serving.server`` as a subprocess on free ports over a temporary
+2. *ceiling*: the same load (C=64, ranker-sized requests) against :mod:`benchmarks.echo_server`,
+   a grpc.aio server that answers every ModelInfer with a constant reply -- what no server can
+   beat with this client on this machine; the ratio target is checked against it;
+3. *served*: ``python -m serving.server`` as a subprocess on free ports over a temporary
    repository in Triton's layout (``ROOT/<name>/1/model.onnx`` + ``config.yaml``), loaded by
    :mod:`benchmarks.load` (pre-serialised batch-1 ModelInfer requests, closed loop) at
    C = 1, 16, 64, 256: throughput, p50/p95/p99, and from the server's Prometheus counters the
    average batch the dynamic batcher reached (``rtml_inference_count_total`` /
    ``rtml_inference_exec_count_total`` over the run), mean queue and compute time per batch,
    and the server's and client's CPU;
-3. ``ratio_to_floor`` = served rows/s ÷ raw ONNX Runtime rows/s *at the batch size the server
+4. ``ratio_to_floor`` = served rows/s ÷ raw ONNX Runtime rows/s *at the batch size the server
    actually reached*: the floor is measured again at the integer sizes on either side of the
    average batch (after the served runs, with the server stopped so that nothing competes with
    it) and interpolated log-linearly at the average.
@@ -74,7 +77,10 @@ FLOOR_BATCHES = (1, 8, 32, 128)
 CONCURRENCIES = (1, 16, 64, 256)
 # Per-model config.yaml (serving.config.ModelConfig fields). Triton's peer run used its dynamic
 # batcher with no queue delay; 128 rows leaves room above the ~32-row batches seen at C=64.
-MODEL_CONFIG: dict[str, Any] = {"max_batch_size": 128, "max_queue_delay_us": 0, "queue_capacity": 1024}
+# inline_compute_us (opt-in) runs the small MLP's ~10 µs batches on the event loop: the thread
+# hand-off costs more than that; the ranker's batches take longer and stay on the thread.
+MODEL_CONFIG: dict[str, Any] = {"max_batch_size": 128, "max_queue_delay_us": 0, "queue_capacity": 1024,
+                                "inline_compute_us": 50}
 # The issue's targets (FIELD-NOTES: Triton 2.51, same client, same machine class, busy machine).
 TARGETS: dict[str, Any] = {
     "mlp_c64": {
@@ -171,7 +177,10 @@ def measure_floor(model: BenchModel, batches: Iterable[int], *, intra_op_threads
 
 
 class ServerProcess:
-    """``python -m serving.server`` in its own process group, on free loopback ports."""
+    """``python -m serving.server`` in its own process group, on free loopback ports.
+
+    :meth:`echo` starts :mod:`benchmarks.echo_server` (the ceiling) the same way instead.
+    """
 
     def __init__(self, repository: Path, log_path: Path, *, poll_interval_s: float = 3600.0,
                  extra_args: Sequence[str] = ()) -> None:
@@ -188,6 +197,14 @@ class ServerProcess:
             "--poll-interval", str(poll_interval_s), *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def echo(cls, log_path: Path, model: str) -> "ServerProcess":
+        """The constant-reply server of :mod:`benchmarks.echo_server` (no metrics endpoint)."""
+        server = cls(Path(), log_path)
+        server.argv = [sys.executable, "-m", "benchmarks.echo_server", "--grpc-port", str(server.grpc_port),
+                       "--model", model]
+        return server
 
     @property
     def target(self) -> str:
@@ -383,6 +400,43 @@ def served_run(server: ServerProcess, model: BenchModel, concurrency: int, plan:
     return result
 
 
+def ceiling_run(workdir: Path, model: BenchModel, concurrency: int, plan: RunPlan,
+                payloads: list[bytes]) -> dict[str, Any]:
+    """The echo server (:mod:`benchmarks.echo_server`) under the served runs' load: the ceiling.
+
+    Same client, payloads, concurrency and processes as the served runs; the *best* of
+    ``plan.target_repeats`` runs is kept, so the ceiling is generous to the server side.
+    """
+    server = ServerProcess.echo(workdir / "echo.log", model.name).start()
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(max(1, plan.target_repeats)):
+            cfg = load.LoadConfig(
+                target=server.target, model=model.name, concurrency=concurrency, duration_s=plan.duration_s,
+                warmup_s=plan.warmup_s, processes=plan.client_processes, timeout_s=30.0,
+            )
+            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+            r = load.run_load(cfg, payloads)
+            cpu1, t1 = server.cpu_seconds(), time.perf_counter()
+            rps = r["throughput_rps"] or 0.0
+            server_cores = (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
+            runs.append({
+                "throughput_rps": r["throughput_rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "error_count": r["error_count"], "client_cores": r["client_cores"],
+                "client_cpu_us_per_request": round(r["client_cores"] * 1e6 / rps, 1) if rps else None,
+                "server_cores": round(server_cores, 2) if server_cores is not None else None,
+                "server_cpu_us_per_request": round(server_cores * 1e6 / rps, 1) if rps and server_cores else None,
+            })
+    finally:
+        server.stop()
+    best = max(runs, key=lambda x: x["throughput_rps"] or 0.0)
+    return best | {
+        "server": "benchmarks.echo_server: constant pre-serialised reply, no parsing, no model",
+        "payload_model": model.name, "request_bytes": len(payloads[0]), "concurrency": concurrency,
+        "processes": plan.client_processes, "runs_rps": [x["throughput_rps"] for x in runs],
+    }
+
+
 def _client_seconds() -> float:
     """CPU seconds of this process and of its terminated, waited-for children (the client processes).
 
@@ -457,7 +511,17 @@ def run_benchmark(
             floor_providers[model.name] = sessions[model.name].providers
             log(f"floor {model.name}: batches {list(floor_batches)} on {floor_providers[model.name][0]}")
             floors[model.name] = measure_floor(model, floor_batches, seconds=plan.floor_s, session=sessions[model.name])
-        # 2. served runs, one server for both models (the idle one costs nothing)
+        # 2. the ceiling: the same load against a server that does nothing (ranker-sized requests,
+        #    the model whose target is a ratio to raw ONNX Runtime)
+        ceiling_model = BENCH_MODELS["ranker"] if "ranker" in models else chosen[0]
+        log(f"ceiling: echo server, {ceiling_model.name}-sized requests, C=64")
+        ceiling = ceiling_run(work, ceiling_model, 64, plan, load.make_payloads(
+            ceiling_model.name, [load.InputSpec(ceiling_model.input_name, "FP32", (-1, ceiling_model.features))],
+            rows=1, count=64,
+        ))
+        log(f"ceiling: {ceiling['throughput_rps']:.0f} req/s (runs {ceiling['runs_rps']}), p99 {ceiling['p99_ms']} ms, "
+            f"client {ceiling['client_cpu_us_per_request']} + server {ceiling['server_cpu_us_per_request']} µs CPU/request")
+        # 3. served runs, one server for both models (the idle one costs nothing)
         served: dict[str, list[dict[str, Any]]] = {m.name: [] for m in chosen}
         server = ServerProcess(repo, work / "server.log")
         t_start = time.perf_counter()
@@ -488,7 +552,7 @@ def run_benchmark(
         finally:
             server.stop()
             server_log_tail = server.logs(3000)
-        # 3. the floor again at each batch size the server reached, without the server
+        # 4. the floor again at each batch size the server reached, without the server
         for model in chosen:
             reached = sorted(set().union(*(floor_batches_for(r["avg_batch"]) for r in served[model.name])))
             missing = [b for b in reached if b not in floors[model.name]]
@@ -503,14 +567,14 @@ def run_benchmark(
     finally:
         tmp.cleanup()
 
-    targets = evaluate_targets(served)
+    targets = evaluate_targets(served, floors, ceiling)
     result: dict[str, Any] = {
         "benchmark": NAME,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "device": device_label or "CPU",
         "machine": machine_description(),
         "plan": plan.__dict__ | {"concurrencies": list(concurrencies), "floor_batches": list(floor_batches)},
-        "model_config": MODEL_CONFIG | {"intra_op_threads": config.intra_op_threads, "inline_compute_us": config.inline_compute_us},
+        "model_config": MODEL_CONFIG | {"intra_op_threads": config.intra_op_threads},
         "models": {
             m.name: {"description": m.description, "layers": list(m.layers), "macs_per_row": m.macs_per_row,
                      "floor_providers": floor_providers[m.name], "server_provider": server_providers.get(m.name)}
@@ -518,13 +582,15 @@ def run_benchmark(
         },
         "floor": {name: {str(b): v for b, v in sorted(f.items())} for name, f in floors.items()},
         "served": served,
+        "ceiling": ceiling,
         "server_startup_s": round(startup_s, 2),
         "targets": targets,
         "seconds": round(time.time() - started, 1),
         "notes": [
             "Client and server run on the same machine and share its cores; client_cores and server_cores "
-            "are each process tree's CPU time over the run's wall time. No trivial-request (echo) ceiling "
-            "exists for ModelInfer, so the client's CPU is the record of what it cost.",
+            "are each process tree's CPU time over the run's wall time. 'ceiling' is the same load against "
+            "benchmarks.echo_server (a grpc.aio server answering every ModelInfer with a constant reply): "
+            "no server can serve faster with this client on this machine.",
             "avg_batch = rtml_inference_count_total / rtml_inference_exec_count_total over the run "
             "(warm-up included); ratio_to_floor = served rows/s / raw ONNX Runtime rows/s at avg_batch "
             "(log-linear between the integer sizes around it, each measured in-process with the server's "
@@ -542,8 +608,22 @@ def _find(served: Mapping[str, list[dict[str, Any]]], model: str, c: int) -> dic
     return next((r for r in served.get(model, []) if r["concurrency"] == c), None)
 
 
-def evaluate_targets(served: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The issue's targets with what was measured and met / not met."""
+def evaluate_targets(served: Mapping[str, list[dict[str, Any]]],
+                     floors: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+                     ceiling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The issue's targets with what was measured and met / not met.
+
+    For the ratio target it also records whether the target is reachable at all here: batch-1
+    requests make served rows/s = req/s, and raw ONNX Runtime's rows/s is lowest at batch 1,
+    so the target needs at least ``min_ratio x`` that many req/s -- compared with the echo
+    ceiling (the same client against a server that does nothing).
+
+    >>> served = {"ranker": [{"concurrency": 64, "ratio_to_floor": 0.05, "floor_batch": 2.4}]}
+    >>> t = evaluate_targets(served, {"ranker": {1: {"rows_per_s": 20000.0}, 8: {"rows_per_s": 70000.0}}},
+    ...                      {"throughput_rps": 7000.0})["ranker_ratio"]
+    >>> t["met"], t["least_required_rps"], t["reachable_with_this_client_here"]
+    (False, 12000.0, False)
+    """
     out: dict[str, Any] = {}
     t = TARGETS["mlp_c64"]
     r = _find(served, t["model"], t["concurrency"])
@@ -566,6 +646,15 @@ def evaluate_targets(served: Mapping[str, list[dict[str, Any]]]) -> dict[str, An
             "best_at_concurrency": best["concurrency"] if best else None,
             "met": bool(ratio is not None and ratio >= t["min_ratio_to_floor"]),
         }
+        floor = (floors or {}).get(t["model"])
+        if floor and ceiling and ceiling.get("throughput_rps"):
+            least = min(v["rows_per_s"] for v in floor.values())
+            required = round(t["min_ratio_to_floor"] * least, 1)
+            out["ranker_ratio"] |= {
+                "least_floor_rows_per_s": least, "least_required_rps": required,
+                "echo_ceiling_rps": ceiling["throughput_rps"],
+                "reachable_with_this_client_here": ceiling["throughput_rps"] >= required,
+            }
     return out
 
 
@@ -576,6 +665,15 @@ def _f(value: Any, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def config_line(config: Mapping[str, Any]) -> str:
+    """The served models' config.yaml fields, as one line of the README block.
+
+    >>> config_line({"max_batch_size": 128, "inline_compute_us": 50})
+    'max_batch_size 128, inline_compute_us 50'
+    """
+    return ", ".join(f"{k} {v}" for k, v in config.items())
+
+
 def markdown_table(result: Mapping[str, Any]) -> str:
     """The README block: served runs, then the floor."""
     m = result["machine"]
@@ -583,6 +681,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     lines = [
         f"Serving, KServe v2 ModelInfer over gRPC, batch-1 requests, closed loop; {device}; "
         f"client on the same machine ({machine_line(m)}; {result['date']}).",
+        "",
+        f"Model config.yaml: {config_line(result.get('model_config') or {})}.",
         "",
         "| model | C | req/s | p50 ms | p99 ms | avg batch | raw ORT rows/s at that batch | ratio to floor "
         "| server / client cores | target |",
@@ -625,7 +725,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         provider = (result["models"][name].get("floor_providers") or ["?"])[0].replace("ExecutionProvider", "")
         threads = result["model_config"]["intra_op_threads"]
         lines.append(f"| {name} ({provider}, {threads} intra-op thread{'s' if threads != 1 else ''}) | " + " | ".join(cells) + " |")
-    lines += ["", *bottleneck_lines(result), "",
+    lines += ["", *bottleneck_lines(result), *ceiling_lines(result), "",
               "Client and server share the machine's cores (the server/client cores column is each one's CPU "
               "over the run). Reproduce: `python -m benchmarks.serving` (results in `benchmarks/results/serving.json`)."]
     return "\n".join(lines)
@@ -642,6 +742,30 @@ def bottleneck_lines(result: Mapping[str, Any]) -> list[str]:
             f"{name} at C={r['concurrency']}: the server spent {r['server_cpu_us_per_request']:.0f} µs of CPU per "
             f"request while ONNX Runtime computed {100 * (r.get('runner_busy_fraction') or 0):.0f}% of the time "
             f"(average batch {_f(r['avg_batch'])})."
+        )
+    return out
+
+
+def ceiling_lines(result: Mapping[str, Any]) -> list[str]:
+    """What a server doing nothing reached with the same client, and what that means for the ratio target."""
+    c = result.get("ceiling")
+    if not c or not c.get("throughput_rps"):
+        return []
+    out = [
+        f"Ceiling: a grpc.aio server that answers every ModelInfer with a constant reply (no parsing, no model; "
+        f"`benchmarks/echo_server.py`) reached {fmt_rate(c['throughput_rps'])} req/s, p99 {_f(c['p99_ms'])} ms, with "
+        f"the same client at C={c['concurrency']} ({c['payload_model']}-sized requests, best of "
+        f"{len(c.get('runs_rps') or [1])}); the client spent {_f(c.get('client_cpu_us_per_request'), 0)} µs and that "
+        f"server {_f(c.get('server_cpu_us_per_request'), 0)} µs of CPU per request."
+    ]
+    t = result.get("targets", {}).get("ranker_ratio") or {}
+    if "least_required_rps" in t:
+        verdict = ("so the target is out of reach of any server on this machine with this client"
+                   if not t["reachable_with_this_client_here"] else "so the target is reachable here in principle")
+        out.append(
+            f"The ranker's ratio target needs at least {fmt_rate(t['least_required_rps'])} req/s "
+            f"({t['min_ratio_to_floor']} × raw ONNX Runtime's {fmt_rate(t['least_floor_rows_per_s'])} rows/s at its "
+            f"least efficient batch): {t['least_required_rps'] / t['echo_ceiling_rps']:.1f}× the ceiling, {verdict}."
         )
     return out
 

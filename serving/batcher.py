@@ -12,8 +12,8 @@ policy lost 4x at low load):
 * One ONNX Runtime call per batch, inputs concatenated along axis 0, outputs split back per
   request. A request is never split across batches. The call runs in a dedicated
   single-thread executor (a private thread, so inference never queues behind model loading
-  or other work in the loop's default executor) -- unless the model is fast: once the moving
-  average of its batch compute time is below ``inline_compute_us``, batches run on the event
+  or other work in the loop's default executor). Opt-in (``inline_compute_us > 0``): once
+  the moving average of a version's batch compute time is below it, batches run on the event
   loop itself, because for a small model the two thread hand-offs per batch cost more CPU
   than the inference (measured on the serving benchmark's small MLP). A model that slows
   down (bigger batches, a busier machine) goes back to the thread by the same average.

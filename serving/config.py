@@ -299,10 +299,11 @@ class ModelConfig(BaseModel):
     # Counted in rows, so that one 64-row request weighs as much as 64 single-row ones.
     queue_capacity: int = Field(1024, ge=1)
     intra_op_threads: int = Field(1, ge=1)
-    # A batch whose recent compute time (moving average) is below this runs on the event loop
-    # itself: for a small model the hand-off to the inference thread and back costs more CPU
-    # than the inference. 0 = always use the inference thread.
-    inline_compute_us: int = Field(50, ge=0)
+    # Opt-in: a version whose batches compute faster than this on average (moving average)
+    # runs them on the event loop itself, because for a small model the hand-off to the
+    # inference thread and back costs more CPU than the inference. 0 (the default) keeps
+    # inference off the event loop always.
+    inline_compute_us: int = Field(0, ge=0)
     warmup: bool = True
     # rtml.v1 Predict only (KServe ModelInfer takes tensors as sent and never routes).
     features: FeatureBindings | None = None

@@ -347,3 +347,21 @@ def test_metrics_are_exported_and_parse(repo: Path) -> None:
     assert {"model": "mlp", "version": "2", "state": "READY"} not in [
         s.labels for s in families[prefix + "model_versions"].samples
     ]
+
+
+def test_inline_compute_is_opt_in_per_model_config(repo: Path) -> None:
+    write_model(repo, "mlp", 1, mlp_model(seed=1))
+    write_model(repo, "fast", 1, mlp_model(seed=1), config={"inline_compute_us": 1_000_000})
+    expected = reference(1)
+    x = np.random.default_rng(0).standard_normal((24, 64)).astype(np.float32)
+
+    async def body(manager: ModelManager) -> None:
+        for name in ("mlp", "fast"):
+            served = manager.get(name)
+            outs = [await served.infer({"input": x[i : i + 1]}) for i in range(len(x))]
+            assert np.array_equal(np.concatenate([o["output"] for o in outs]), expected(x))
+        assert manager.get("mlp").config.inline_compute_us == 0
+        assert not manager.get("mlp")._batcher.inline  # the default keeps inference off the loop
+        assert manager.get("fast")._batcher.inline  # a model faster than its threshold moved onto it
+
+    with_manager(repo, body)
