@@ -567,12 +567,13 @@ def run_benchmark(
     finally:
         tmp.cleanup()
 
-    targets = evaluate_targets(served, floors, ceiling)
+    machine = machine_description()
+    targets = evaluate_targets(served, floors, ceiling, machine.get("usable_cores"))
     result: dict[str, Any] = {
         "benchmark": NAME,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "device": device_label or "CPU",
-        "machine": machine_description(),
+        "machine": machine,
         "plan": plan.__dict__ | {"concurrencies": list(concurrencies), "floor_batches": list(floor_batches)},
         "model_config": MODEL_CONFIG | {"intra_op_threads": config.intra_op_threads},
         "models": {
@@ -610,19 +611,25 @@ def _find(served: Mapping[str, list[dict[str, Any]]], model: str, c: int) -> dic
 
 def evaluate_targets(served: Mapping[str, list[dict[str, Any]]],
                      floors: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
-                     ceiling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     ceiling: Mapping[str, Any] | None = None,
+                     cores: float | None = None) -> dict[str, Any]:
     """The issue's targets with what was measured and met / not met.
 
     For the ratio target it also records whether the target is reachable at all here: batch-1
     requests make served rows/s = req/s, and raw ONNX Runtime's rows/s is lowest at batch 1,
     so the target needs at least ``min_ratio x`` that many req/s -- compared with the echo
-    ceiling (the same client against a server that does nothing).
+    ceiling (the same client against a server that does nothing). And in CPU: at that rate
+    the client and a do-nothing gRPC server cost their measured CPU per request, and the
+    model itself computes ``min_ratio`` of the time (served rows/s over the single-threaded
+    floor's rows/s at the same batch *is* the runner's busy share), so the machine needs at
+    least the sum of the two, against its ``cores``.
 
     >>> served = {"ranker": [{"concurrency": 64, "ratio_to_floor": 0.05, "floor_batch": 2.4}]}
     >>> t = evaluate_targets(served, {"ranker": {1: {"rows_per_s": 20000.0}, 8: {"rows_per_s": 70000.0}}},
-    ...                      {"throughput_rps": 7000.0})["ranker_ratio"]
-    >>> t["met"], t["least_required_rps"], t["reachable_with_this_client_here"]
-    (False, 12000.0, False)
+    ...                      {"throughput_rps": 7000.0, "client_cpu_us_per_request": 100.0,
+    ...                       "server_cpu_us_per_request": 100.0}, cores=2)["ranker_ratio"]
+    >>> t["met"], t["least_required_rps"], t["reachable_with_this_client_here"], t["cores_needed_at_least"]
+    (False, 12000.0, False, 3.0)
     """
     out: dict[str, Any] = {}
     t = TARGETS["mlp_c64"]
@@ -655,6 +662,12 @@ def evaluate_targets(served: Mapping[str, list[dict[str, Any]]],
                 "echo_ceiling_rps": ceiling["throughput_rps"],
                 "reachable_with_this_client_here": ceiling["throughput_rps"] >= required,
             }
+            per_request_us = (ceiling.get("client_cpu_us_per_request") or 0.0) + \
+                (ceiling.get("server_cpu_us_per_request") or 0.0)
+            if per_request_us and cores:
+                needed = round(required * per_request_us / 1e6 + t["min_ratio_to_floor"], 2)
+                out["ranker_ratio"] |= {"cores_needed_at_least": needed, "cores": cores}
+                out["ranker_ratio"]["reachable_with_this_client_here"] &= needed <= cores
     return out
 
 
@@ -762,10 +775,17 @@ def ceiling_lines(result: Mapping[str, Any]) -> list[str]:
     if "least_required_rps" in t:
         verdict = ("so the target is out of reach of any server on this machine with this client"
                    if not t["reachable_with_this_client_here"] else "so the target is reachable here in principle")
+        cpu = ""
+        if "cores_needed_at_least" in t:
+            cpu = (f" At that rate the client and a do-nothing server alone would use "
+                   f"{t['cores_needed_at_least'] - t['min_ratio_to_floor']:.2f} cores and the model "
+                   f"{t['min_ratio_to_floor']} of a core: at least {t['cores_needed_at_least']:.2f} cores "
+                   f"of the machine's {t['cores']}.")
         out.append(
             f"The ranker's ratio target needs at least {fmt_rate(t['least_required_rps'])} req/s "
             f"({t['min_ratio_to_floor']} × raw ONNX Runtime's {fmt_rate(t['least_floor_rows_per_s'])} rows/s at its "
             f"least efficient batch): {t['least_required_rps'] / t['echo_ceiling_rps']:.1f}× the ceiling, {verdict}."
+            + cpu
         )
     return out
 
