@@ -12,14 +12,18 @@ One run on the embedded stack (Tansu + redis-server, started here):
    bytes keyed by ``user_id`` and produce them to a fresh 3-partition topic;
 2. *floor*: one confluent-kafka consumer ``assign()``-ing every partition from the start,
    ``consume(batch)`` + ``orjson.loads`` of every value;
-3. *pipeline*: the real features dataflow (``python -m bytewax.run`` processes from
+3. *framework ceiling*: :mod:`benchmarks.passthrough_flow` -- Bytewax with the features
+   dataflow's own source and processes, ``orjson.loads`` of every value and nothing else
+   (no validation, aggregation or Redis), 1 and 2 processes: what the framework costs on
+   its own, so the pipeline's gap to the floor splits into framework and rtml's own work;
+4. *pipeline*: the real features dataflow (``python -m bytewax.run`` processes from
    :func:`engine.runtime.jobs.dataflow_specs`) with a one-view spec written here, for
    1 and 2 processes, recovery off and on; each run uses a fresh Redis key prefix on the
    same topic. The clock starts when the processes are spawned; the *processing* time
    starts at the first scrape with ``rtml_events_in_total > 0`` and ends when every event
    is folded (``aggregated + late + invalid == N``) *and* the newest features of the
    users of the last produced events are visible in Redis;
-4. *freshness*: 1 process, events produced live at 10k/s with ``event_time`` = wall
+5. *freshness*: 1 process, events produced live at 10k/s with ``event_time`` = wall
    clock; (a) the ``rtml_feature_freshness_seconds`` histogram (quantiles from buckets)
    and (b) a direct probe: marker events for a few probe users every ~50 ms and a thread
    that polls ``HGET <key> _t`` until the marker is visible.
@@ -580,6 +584,49 @@ def run_pipeline(stack_cfg: RtmlConfig, topic: str, events: EventSet, *, process
     }
 
 
+def measure_passthrough(bootstrap: str, topic: str, n: int, *, processes: int, workdir: Path,
+                        timeout: float) -> dict[str, Any]:
+    """The framework ceiling: :mod:`benchmarks.passthrough_flow` over the whole topic.
+
+    The features dataflow's source and processes, parsing every value like the floor, and
+    nothing else. events/s runs from the first counted batch to the last process's end.
+    """
+    out = workdir / f"passthrough-{processes}-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "RTML_PT_BOOTSTRAP": bootstrap, "RTML_PT_TOPIC": topic, "RTML_PT_OUT": str(out)}
+    ports = [free_port() for _ in range(processes)]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    argv = [sys.executable, "-m", "bytewax.run", "benchmarks.passthrough_flow:flow_from_env()"]
+    t0 = time.time()
+    procs = [
+        subprocess.Popen(argv + (["-i", str(i), "-a", addresses] if processes > 1 else []), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))
+        for i in range(processes)
+    ]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"passthrough flow exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    rows = [path.read_text().split() for path in workdir.glob(out.name + ".*")]
+    events = sum(int(r[0]) for r in rows)
+    if events != n:
+        raise RuntimeError(f"passthrough flow counted {events} of {n} events")
+    first = min(float(r[1]) for r in rows if float(r[1]) > 0)
+    end = max(float(r[2]) for r in rows)
+    return {
+        "processes": processes,
+        "events_per_s": round(n / (end - first), 1),
+        "events_per_s_incl_startup": round(n / (end - t0), 1),
+        "seconds": round(end - first, 3),
+        "startup_seconds": round(first - t0, 3),
+    }
+
+
 # --------------------------------------------------------------------------- freshness
 
 
@@ -932,8 +979,17 @@ def run_benchmark(
         floor_default = measure_floor(bootstrap, topic, events, partitions)
         log(f"floor {floor['events_per_s']:.0f} events/s (librdkafka defaults: {floor_default['events_per_s']:.0f})")
 
-        pipeline: dict[str, Any] = {}
         timeout = 90 + events / 4000
+        passthrough: dict[str, Any] = {}
+        for procs in processes:
+            key = f"{procs}_process{'es' if procs > 1 else ''}"
+            log(f"framework ceiling (source + parse in Bytewax) {key}")
+            res = measure_passthrough(bootstrap, topic, events, processes=procs, workdir=tmp, timeout=timeout)
+            res["ratio_to_floor"] = round(res["events_per_s"] / floor["events_per_s"], 3)
+            passthrough[key] = res
+            log(f"framework ceiling {key}: {res['events_per_s']:.0f} events/s, ratio {res['ratio_to_floor']}")
+
+        pipeline: dict[str, Any] = {}
         runs = [(p, False) for p in processes] + ([(p, True) for p in processes] if recovery else [])
         for procs, rec in runs:
             key = f"{procs}_process{'es' if procs > 1 else ''}{'_recovery' if rec else ''}"
@@ -986,6 +1042,7 @@ def run_benchmark(
                   "produce_events_per_s": round(events / produce_s, 1)},
         "floor": floor,
         "floor_default_client_config": floor_default,
+        "passthrough": passthrough,
         "pipeline": pipeline,
         "freshness": freshness,
         "freshness_tuned": fresh_tuned,
@@ -1096,6 +1153,13 @@ def markdown_table(result: dict[str, Any]) -> str:
     if fd:
         lines.append(f"| default-config floor: the same with librdkafka's defaults | {fmt_rate(fd['events_per_s'])} | "
                      f"{fd['events_per_s'] / floor:.2f} | 1.00 | {fd['seconds']:.1f} | |")
+    for key, res in (result.get("passthrough") or {}).items():
+        procs = res["processes"]
+        lines.append(
+            f"| framework ceiling: Bytewax, the dataflow's source + orjson.loads, nothing else, {procs} "
+            f"process{'es' if procs > 1 else ''} | {fmt_rate(res['events_per_s'])} | {res['ratio_to_floor']:.2f} | | "
+            f"{res['seconds']:.1f} (+{res['startup_seconds']:.1f}) | |"
+        )
     labels = {
         "1_process": "features dataflow, 1 process",
         "2_processes": "features dataflow, 2 processes",

@@ -48,6 +48,10 @@ def test_ingest_benchmark_runs_end_to_end_on_20k_events(stack, tmp_path) -> None
     assert result["benchmark"] == "ingest" and result["events"] == 20_000 and result["partitions"] == 3
     assert result["floor"]["events_per_s"] > 0
     assert set(result["pipeline"]) == {"1_process", "2_processes"}
+    # The framework ceiling read every event, in one and in two processes.
+    assert set(result["passthrough"]) == {"1_process", "2_processes"}
+    for run in result["passthrough"].values():
+        assert run["events_per_s"] > 0 and run["ratio_to_floor"] > 0 and run["startup_seconds"] >= 0
     for run in result["pipeline"].values():
         assert run["events_in"] == 20_000
         assert run["events_aggregated"] + run["events_late"] + run["events_invalid"] == 20_000
@@ -61,4 +65,4 @@ def test_ingest_benchmark_runs_end_to_end_on_20k_events(stack, tmp_path) -> None
     path = write_result("ingest", result, tmp_path)
     assert json.loads(path.read_text())["pipeline"]["2_processes"]["processes"] == 2
     table = ingest.markdown_table(result)
-    assert "2 processes" in table and "p99" in table
+    assert "2 processes" in table and "p99" in table and "framework ceiling" in table
