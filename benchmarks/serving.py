@@ -715,6 +715,9 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         "",
         f"Model config.yaml: {config_line(result.get('model_config') or {})}.",
         "",
+        "Models: " + "; ".join(f"`{name}` {m['description']} ({m['macs_per_row'] / 1e6:.2g}M multiply-adds per row)"
+                               for name, m in result["models"].items()) + ".",
+        "",
         "| model | C | req/s | p50 ms | p99 ms | avg batch | raw ORT rows/s at that batch | ratio to floor "
         "| server / client cores | target |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
