@@ -46,6 +46,7 @@ from engine.drift.monitor import DriftMonitor, MonitorOutput, ObserveCounts, Ref
 from engine.events.dlq import DeadLetter
 from engine.learning.records import PredictionRecord, prediction_or_dead_letter
 from engine.metrics import DriftMetrics
+from engine.runtime.gc_tuning import tune_gc
 from engine.watermark import SourceWatermark
 from operators.sinks import AlertSink, DeadLetterSink
 from operators.sources import KafkaBatchSource, RawBatch
@@ -266,4 +267,6 @@ def flow_from_env() -> Dataflow:
     metrics = DriftMetrics()
     metrics.serve_for_process(cfg.metrics.drift_port, cfg.metrics.enabled)
     source = KafkaBatchSource.from_config(cfg, [cfg.learning.predictions_topic], metrics)
-    return build_drift_flow(cfg, source, metrics=metrics)
+    flow = build_drift_flow(cfg, source, metrics=metrics)
+    tune_gc()
+    return flow

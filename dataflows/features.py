@@ -10,7 +10,6 @@ The same :func:`build_features_flow` runs over files for backfill (dataflows/bac
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Callable, Sequence
 
@@ -22,6 +21,7 @@ from engine.events.dlq import DeadLetter
 from engine.features.aggregates import ViewProgram
 from engine.features.spec import FeatureView, views_from_config
 from engine.metrics import PipelineMetrics
+from engine.runtime.gc_tuning import tune_gc
 from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
 from operators.route import Router
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
@@ -29,19 +29,6 @@ from operators.sources import FileBatchSource, KafkaBatchSource
 from operators.validate import validate_batch
 
 LATE = "late"
-
-
-def tune_gc() -> None:
-    """Make Python's cyclic GC cheap for a long-lived dataflow process.
-
-    Window state is millions of small, long-lived objects; default thresholds made
-    full collections walk all of it ~28 times per 300k events (a quarter of the CPU,
-    benchmarks/profile_ingest.py). Objects alive after start-up are frozen out of
-    collection, and gen-0 collections run 70x less often. State has no cycles to free.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[DeadLetter]:

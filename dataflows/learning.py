@@ -32,6 +32,7 @@ from engine.learning.learners import LearnerSpec, default_learners_path, load_le
 from engine.learning.records import JoinedExample
 from engine.learning.snapshots import encode_key
 from engine.metrics import LearningMetrics
+from engine.runtime.gc_tuning import tune_gc
 from operators.learn import (
     JoinOutput,
     JoinLogic,
@@ -161,6 +162,8 @@ def flow_from_env() -> Dataflow:
     metrics = LearningMetrics()
     metrics.serve_for_process(cfg.metrics.learning_port, cfg.metrics.enabled)
     source = KafkaBatchSource.from_config(cfg, list(input_topics(cfg)), metrics)
-    return build_learning_flow(
+    flow = build_learning_flow(
         cfg, source, learners=learners_from_config(cfg), bandits=bandits_from_config(cfg), metrics=metrics
     )
+    tune_gc()
+    return flow
