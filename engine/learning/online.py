@@ -30,6 +30,18 @@ from engine.learning.learners import LearnerSpec, build_model
 from engine.learning.records import JoinedExample
 
 
+def _all_finite_floats(values: dict[str, Any]) -> bool:
+    """Every value a float (not an int, bool or anything else) and finite; C-level loops only."""
+    vals = values.values()
+    if not vals or set(map(type, vals)) != _FLOAT_ONLY:
+        return False
+    total = sum(vals)
+    return total - total == 0.0  # inf or nan anywhere (or an overflowing sum): not taken
+
+
+_FLOAT_ONLY = {float}
+
+
 class OnlineLearner:
     """A River model learning from joined examples, with its progressive metrics and detector."""
 
@@ -59,7 +71,18 @@ class OnlineLearner:
         self.skipped_no_features = 0
 
     def features_of(self, values: Mapping[str, Any]) -> dict[str, float]:
-        """The model input: the spec's features (or every numeric one), in a stable order."""
+        """The model input: the spec's features (or every numeric one), in a stable order.
+
+        When every value is already a finite float (what serving logs) and the spec names no
+        features, the record's own dict is the input, uncopied: River never mutates its input.
+        """
+        if not self._fixed_features and values.__class__ is dict and _all_finite_floats(values):
+            if not self._known.issuperset(values):
+                for name in values:
+                    if name not in self._known:
+                        self._known.add(name)
+                        self.features.append(name)
+            return values  # type: ignore[return-value]
         x: dict[str, float] = {}
         names = self.features if self._fixed_features else values
         for name in names:

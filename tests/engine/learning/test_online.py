@@ -71,3 +71,18 @@ def test_learner_specs_file_is_validated(tmp_path: Path) -> None:
     path.write_text("learners:\n  - {name: a, kind: fm, params: {no_such_param: 1}}\n")
     with pytest.raises(TypeError):
         load_learners(path)
+
+
+def test_features_of_keeps_finite_numbers_only_and_reuses_a_clean_dict() -> None:
+    learner = OnlineLearner(LearnerSpec(name="ctr", kind="logistic_regression"))
+    clean = {"a": 1.0, "b": -2.5}
+    assert learner.features_of(clean) is clean  # all finite floats: the record's dict, uncopied
+    assert learner.features == ["a", "b"]
+    mixed = {"a": 1, "flag": True, "name": "x", "bad": float("nan"), "big": float("inf"), "c": 3.0, "none": None}
+    assert learner.features_of(mixed) == {"a": 1.0, "c": 3.0}  # ints become floats; the rest is dropped
+    assert learner.features == ["a", "b", "c"]
+    overflow = {"x": 1e308, "y": 1e308}  # finite values whose sum overflows: still kept
+    assert learner.features_of(overflow) == overflow
+    assert learner.features_of({}) == {}
+    fixed = OnlineLearner(LearnerSpec(name="f", kind="logistic_regression", features=("b", "a")))
+    assert list(fixed.features_of(clean)) == ["b", "a"]  # the spec's order, always a new dict
