@@ -50,14 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.report import (
-    fmt_rate,
-    machine_description,
-    machine_line,
-    reprint_from_json,
-    update_readme_table,
-    write_result,
-)
+from benchmarks.report import fmt_rate, machine_description, machine_line, publish, reprint_from_json
 from engine.bandits.policies import EpsilonGreedy, LinUCB, ThompsonSampling, UCB1
 
 NAME = "bandits"
@@ -524,11 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds is not None:
         plan = dataclasses.replace(plan, rounds=args.rounds)
     result = run_benchmark(plan, redis_url=args.redis_url, with_redis=not args.no_redis)
-    path = write_result(args.name, result, args.out)
-    table = markdown_table(result)
-    print(table)
-    if not args.no_readme:
-        update_readme_table(args.name, table)
+    path = publish(args.name, result, markdown_table, args.out, readme=not args.no_readme)
     log(f"wrote {path} in {result['seconds']:.0f}s")
     return 0
 

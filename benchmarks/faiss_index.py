@@ -40,8 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import faiss
 import numpy as np
 
-from benchmarks.report import fmt_rate, machine_description, machine_line, reprint_from_json, update_readme_table, \
-    write_result
+from benchmarks.report import fmt_rate, machine_description, machine_line, publish, reprint_from_json
 from engine.retrieval.backends import gpu_count, pin_threads
 from engine.retrieval.evaluation import clustered_unit_vectors, exact_top_k, index_recall, recall_at_k
 from engine.retrieval.index import IndexConfig, ItemIndex
@@ -277,11 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         return reprint_from_json(args.from_json, args.name, markdown_table, not args.no_readme)
     result = run_benchmark(Plan.quick() if args.quick else Plan(), with_gpu=args.gpu)
-    path = write_result(args.name, result, args.out)
-    table = markdown_table(result)
-    print(table)
-    if not args.no_readme:
-        update_readme_table(NAME, table)
+    path = publish(args.name, result, markdown_table, args.out, readme=not args.no_readme)
     log(f"wrote {path} in {result['seconds']:.0f}s")
     return 0
 

@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
+from benchmarks.report import fmt_rate, machine_description, machine_line, publish
 from engine.config import load_config
 from engine.learning.learners import LearnerKind, LearnerSpec, build_model
 from engine.learning.online import OnlineLearner
@@ -300,12 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "drift": drift,
     }
-    path = write_result(NAME, result, args.out)
+    path = publish(NAME, result, table, args.out, readme=not args.no_readme)
     log(f"wrote {path}")
-    markdown = table(result)
-    print(markdown)
-    if not args.no_readme:
-        update_readme_table(NAME, markdown)
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.offline_models import run_models
-from benchmarks.report import fmt_rate, machine_description, machine_line, reprint_from_json, update_readme_table, write_result
+from benchmarks.report import fmt_rate, machine_description, machine_line, publish, reprint_from_json
 from engine.datasets.pit import FeatureTable, point_in_time_join
 
 NAME = "offline"
@@ -204,12 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name} ...")
         result[name] = run()
         log(f"{name}: ratio_to_floor {result[name].get('ratio_to_floor', float('nan')):.2f}")
-    path = write_result(NAME, result, args.out)
+    path = publish(NAME, result, table, args.out, readme=not args.no_readme)
     log(f"wrote {path}")
-    markdown = table(result)
-    print(markdown)
-    if not args.no_readme:
-        update_readme_table(NAME, markdown)
     return 0
 
 

@@ -45,8 +45,7 @@ import numpy as np
 import yaml
 
 from benchmarks import load
-from benchmarks.report import fmt_rate, machine_description, machine_line, reprint_from_json, update_readme_table, \
-    write_result
+from benchmarks.report import fmt_rate, machine_description, machine_line, publish, reprint_from_json
 from benchmarks.serving import ServerProcess, log
 
 NAME = "recommend"
@@ -354,11 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         return reprint_from_json(args.from_json, NAME, markdown_table, readme=not args.no_readme)
     result = run_benchmark(args)
-    path = write_result(NAME, result, args.out)
-    markdown = markdown_table(result)
-    print(markdown)
-    if not args.no_readme:
-        update_readme_table(NAME, markdown)
+    path = publish(NAME, result, markdown_table, args.out, readme=not args.no_readme)
     log(f"wrote {path}")
     return 0
 

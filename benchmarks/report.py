@@ -144,3 +144,15 @@ def fmt_rate(value: float | None) -> str:
 if __name__ == "__main__":  # pragma: no cover - manual check
     json.dump(machine_description(), sys.stdout, indent=2)
     print()
+
+
+def publish(name: str, result: dict[str, Any], table: Callable[[dict[str, Any]], str],
+            directory: str | os.PathLike[str] | None = None, readme: bool = True) -> Path:
+    """A benchmark's last step: write ``<name>.json``, print its table, update the README block ``name``."""
+    path = write_result(name, result, directory)
+    markdown = table(result)
+    print(markdown)
+    if readme:
+        update_readme_table(name, markdown)
+    return path
+

@@ -63,15 +63,7 @@ import numpy as np
 
 from benchmarks import load
 from benchmarks.models import BENCH_MODELS, ServingBenchModel, write_repository
-from benchmarks.report import (
-    REPO_ROOT,
-    fmt_rate,
-    machine_description,
-    machine_line,
-    reprint_from_json,
-    update_readme_table,
-    write_result,
-)
+from benchmarks.report import REPO_ROOT, fmt_rate, machine_description, machine_line, publish, reprint_from_json
 
 NAME = "serving"
 FLOOR_BATCHES = (1, 8, 32, 128)
@@ -841,11 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, duration_s=args.duration)
     result = run_benchmark(models=args.models, concurrencies=args.concurrency, plan=plan,
                            device_label=args.device_label)
-    path = write_result(args.name, result, args.out)
-    table = markdown_table(result)
-    print(table)
-    if not args.no_readme:
-        update_readme_table(args.name, table)  # serving_gpu results get their own table
+    # serving_gpu results (--name) get their own README table
+    path = publish(args.name, result, markdown_table, args.out, readme=not args.no_readme)
     log(f"wrote {path} in {result['seconds']:.0f}s")
     return 0
 

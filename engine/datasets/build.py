@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from engine.config import RtmlConfig
-from engine.datasets.examples import LABEL_COLUMN, TIME_COLUMN, load_examples, validate_examples
+from engine.datasets.examples import LABEL_COLUMN, TIME_COLUMN, read_table, validate_examples
 from engine.datasets.offline import offline_tables, source_files
 from engine.datasets.pit import FeatureTable, point_in_time_join
-from engine.datasets.splits import SPLIT_NAMES, SplitSpec, split_by_time
+from engine.datasets.splits import SPLIT_NAMES, SplitSpec, assign_splits
 from engine.features.spec import FeatureView, views_from_config
 
 FORMAT_VERSION = 1
@@ -195,7 +195,8 @@ def build_dataset(
     joined = point_in_time_join(examples, tables, time_column).reset_index(drop=True)
     times = joined[time_column].to_numpy(dtype=np.int64)
     labels = joined[label_column].to_numpy(dtype=np.float64)
-    part = split_by_time(times, split)
+    c1, c2 = split.cut_times(times)
+    part = assign_splits(times, c1, c2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # no manifest until the new files are complete
@@ -214,7 +215,6 @@ def build_dataset(
         for t in tables for column in t.output_columns()
     ]
     lo, hi = _range(times)
-    c1, c2 = split.cut_times(times)
     manifest = DatasetManifest(
         created_ms=int(time.time() * 1000),
         entity_columns=entities,
@@ -260,7 +260,7 @@ def build_from_offline_store(
     examples_path = None
     if not isinstance(examples, pd.DataFrame):
         examples_path = str(examples)
-        examples = load_examples(examples, entity_columns_of(tables))
+        examples = read_table(examples)  # build_dataset validates it
     recorded = {
         "examples": examples_path,
         "offline_dir": offline,

@@ -76,9 +76,8 @@ def validate_examples(
             raise ValueError(f"examples: column {column!r} has {int(out[column].isna().sum())} null value(s)")
     out[time_column] = _integers(out[time_column], time_column)
     label = pd.to_numeric(out[label_column], errors="coerce")
-    bad = label.isna() & out[label_column].notna()
-    if bad.any() or label.isna().any():
-        first = out[label_column][bad | label.isna()].iloc[0]
+    if label.isna().any():
+        first = out[label_column][label.isna()].iloc[0]
         raise ValueError(f"examples: column {label_column!r} must be numeric and not null (got {first!r})")
     out[label_column] = label
     return out

@@ -80,5 +80,10 @@ def _after(ordered: np.ndarray) -> int:
 def split_by_time(times: np.ndarray, spec: SplitSpec) -> np.ndarray:
     """Split index per row: 0 train, 1 validation, 2 test (see :data:`SPLIT_NAMES`)."""
     t = np.asarray(times, dtype=np.int64)
-    c1, c2 = spec.cut_times(t)
+    return assign_splits(t, *spec.cut_times(t))
+
+
+def assign_splits(times: np.ndarray, c1: int, c2: int) -> np.ndarray:
+    """Split index per row for cut times ``c1 <= c2`` (see :func:`split_by_time`)."""
+    t = np.asarray(times, dtype=np.int64)
     return (t >= c1).astype(np.int8) + (t >= c2).astype(np.int8)

@@ -49,7 +49,7 @@ from engine.events.schemas import Interaction, ItemUpdate, Label
 from engine.events.simulator import Simulator, SimulatorConfig
 from engine.runtime.jobs import job_specs
 from engine.runtime.ports import free_port
-from engine.runtime.progress import pipeline_progress, scrape, scrape_job
+from engine.runtime.progress import histogram_buckets, pipeline_progress, scrape, scrape_job
 from engine.runtime.stack import LocalStack
 from engine.runtime.supervisor import ProcessSpec, Supervisor
 from proto.rtml.v1 import serving_pb2 as rtml_pb
@@ -65,9 +65,8 @@ class DemoPlan:
     """How big and how long the demo is (the defaults take about three minutes here)."""
 
     history_s: float = 900.0  # event time of simulated history the starting models learn from
-    history_rate: float = 40.0  # impressions per second of history
+    history_rate: float = 40.0  # organic impressions per second, in the history and while live
     live_s: float = 80.0
-    live_rate: float = 40.0  # organic impressions per second while live
     drift_at_s: float = 35.0  # seconds into the live phase
     app_rps: float = 12.0  # Recommend calls per second of the simulated app (and as many Predict calls)
     n_users: int = 300
@@ -222,18 +221,8 @@ def _wait_caught_up(cfg: RtmlConfig, timeout_s: float) -> None:
 
 def _freshness_buckets(cfg: RtmlConfig) -> dict[float, float]:
     """Cumulative counts of the features job's freshness histogram by upper bound, all processes."""
-    out: dict[float, float] = {}
-    for i in range(cfg.pipeline.processes):
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics.port + i}/metrics", timeout=2).read().decode()
-        except OSError:
-            continue
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == "rtml_feature_freshness_seconds_bucket":
-                    le = float(s.labels["le"])
-                    out[le] = out.get(le, 0.0) + s.value
-    return out
+    ports = [cfg.metrics.port + i for i in range(cfg.pipeline.processes)]
+    return histogram_buckets(ports, "rtml_feature_freshness_seconds")
 
 
 def _freshness_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:

@@ -34,8 +34,9 @@ def scrape_job(cfg: RtmlConfig) -> dict[str, float]:
     return total
 
 
-def histogram_quantile(ports: list[int], metric: str, q: float, host: str = "127.0.0.1") -> float | None:
-    """Estimate a quantile of a histogram summed over endpoints (the upper bound of its bucket)."""
+def histogram_buckets(ports: list[int], metric: str, host: str = "127.0.0.1") -> dict[float, float]:
+    """Cumulative bucket counts ``{upper bound: count}`` of a histogram, summed over endpoints
+    (unreachable ones skipped)."""
     buckets: dict[float, float] = {}
     for port in ports:
         try:
@@ -49,6 +50,12 @@ def histogram_quantile(ports: list[int], metric: str, q: float, host: str = "127
                 if sample.name.endswith("_bucket"):
                     le = float(sample.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + sample.value
+    return buckets
+
+
+def histogram_quantile(ports: list[int], metric: str, q: float, host: str = "127.0.0.1") -> float | None:
+    """Estimate a quantile of a histogram summed over endpoints (the upper bound of its bucket)."""
+    buckets = histogram_buckets(ports, metric, host)
     if not buckets:
         return None
     bounds = sorted(buckets)

@@ -70,7 +70,6 @@ class ClickData:
     label: np.ndarray
     true_p: np.ndarray | None = None
     dense_names: list[str] | None = None
-    sparse_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.dense = np.ascontiguousarray(self.dense, dtype=np.float32).reshape(len(self.label), -1)
@@ -84,7 +83,7 @@ class ClickData:
 
     def __getitem__(self, idx: slice | np.ndarray) -> "ClickData":
         return ClickData(self.dense[idx], self.sparse[idx], self.label[idx],
-                         None if self.true_p is None else self.true_p[idx], self.dense_names, self.sparse_names)
+                         None if self.true_p is None else self.true_p[idx], self.dense_names)
 
     @property
     def n_dense(self) -> int:
@@ -127,7 +126,7 @@ class ClickData:
         sparse = (np.stack([hash_column(df[c], buckets_of(buckets, c), c) for c in sparse_columns], axis=1)
                   if sparse_columns else np.zeros((n, 0), np.int64))
         label = df[label_column].astype(np.float32).to_numpy() if label_column in df else np.zeros(n, np.float32)
-        return cls(dense, sparse, label, None, dense_names, list(sparse_columns))
+        return cls(dense, sparse, label, None, dense_names)
 
 
 def buckets_of(buckets: int | Mapping[str, int], column: str) -> int:

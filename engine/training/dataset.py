@@ -23,12 +23,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from engine.datasets.build import MANIFEST
 from engine.training.config import TrainConfig
 from engine.training.data import ClickData, PairData, hash_column
 from engine.training.run import TrainingRun
 
-MANIFEST = "manifest.json"
-SPLITS = ("train", "validation", "test")
 _KEY_BUCKETS = 1 << 62  # identities (log-Q, evaluation): wide enough that collisions do not matter
 
 

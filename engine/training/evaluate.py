@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from engine.training.calibration import downsampling_correction, sigmoid  # noqa: E402
+from engine.training.calibration import apply_calibrator  # noqa: E402
 from engine.training.data import ClickData, PairData  # noqa: E402
 from engine.training.metrics import classification_report, reliability  # noqa: E402
 from engine.training.retrieval import retrieval_report  # noqa: E402
@@ -51,8 +51,8 @@ def evaluate_run(run: TrainingRun, data: ClickData | PairData, out_dir: str | Pa
 
 
 def _ranking(run: TrainingRun, data: ClickData, out: Path, n_bins: int) -> dict[str, Any]:
-    q = downsampling_correction(sigmoid(run.predict_logit(data.dense, data.sparse)), run.downsample_rate)
-    p = run.predict_proba(data.dense, data.sparse)
+    q = run.predict_corrected(data.dense, data.sparse)
+    p = apply_calibrator(run.calibrator, q)
     report: dict[str, Any] = {
         "kind": run.kind,
         "calibrator": None if run.calibrator is None else run.calibrator["kind"],

@@ -63,10 +63,13 @@ class TrainingRun:
             raise ValueError("a two-tower run scores pairs by dot product: use encode_users / encode_items")
         return _forward(self.model, dense, sparse, self.device).reshape(-1)
 
+    def predict_corrected(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """sigmoid(logit) -> downsampling correction: probabilities before calibration."""
+        return downsampling_correction(sigmoid(self.predict_logit(dense, sparse)), self.downsample_rate)
+
     def predict_proba(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """sigmoid(logit) -> downsampling correction -> calibrator."""
-        q = downsampling_correction(sigmoid(self.predict_logit(dense, sparse)), self.downsample_rate)
-        return apply_calibrator(self.calibrator, q)
+        return apply_calibrator(self.calibrator, self.predict_corrected(dense, sparse))
 
     def encode_users(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """User-tower vectors (two-tower runs)."""

@@ -96,8 +96,7 @@ class CriteoLike:
         dense, sparse = self._features(rng, n)
         p = _sigmoid(self._logit(dense, sparse))
         label = (rng.random(n) < p).astype(np.float32)
-        return ClickData(dense, sparse, label, p,
-                         [f"dense_{i}" for i in range(self.n_dense)], [f"cat_{i}" for i in range(self.n_fields)])
+        return ClickData(dense, sparse, label, p, [f"dense_{i}" for i in range(self.n_dense)])
 
 
 def criteo_like(n: int, seed: int, n_dense: int = 13, n_fields: int = 26, buckets: int = 1000,

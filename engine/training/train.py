@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine.training.calibration import downsampling_correction, fit_calibrator, sigmoid
+from engine.training.calibration import apply_calibrator, fit_calibrator
 from engine.training.config import TrainConfig
 from engine.training.data import ClickData, PairData
 from engine.training.metrics import classification_report, log_loss
@@ -133,18 +133,17 @@ def train_ranker(train: ClickData, valid: ClickData, cfg: TrainConfig,
                     else nn.functional.binary_cross_entropy_with_logits(logits, y))
 
         def valid_loss() -> float:
-            q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
-            return log_loss(valid.label, q)
+            return log_loss(valid.label, run.predict_corrected(valid.dense, valid.sparse))
 
         best_epoch, history = _fit(model, n, cfg, cfg.kind, batch_loss, valid_loss, "valid_log_loss")
-        q = downsampling_correction(sigmoid(run.predict_logit(valid.dense, valid.sparse)), cfg.downsample_rate)
+        q = run.predict_corrected(valid.dense, valid.sparse)
         run.calibrator = fit_calibrator(cfg.calibration, q, valid.label)
         run.metrics = {
             "best_epoch": best_epoch, "history": history, "device": str(device),
             "train_rows": len(train), "train_rows_used": n,
             "valid": classification_report(valid.label, q),
             # In-sample for the calibrator (fit on this split): an optimistic figure.
-            "valid_calibrated": classification_report(valid.label, run.predict_proba(valid.dense, valid.sparse)),
+            "valid_calibrated": classification_report(valid.label, apply_calibrator(run.calibrator, q)),
         }
     return run
 
