@@ -95,7 +95,7 @@ def build_learning_flow(
     parse_settings = ParseSettings(
         kinds,
         lc.join_shards,
-        frozenset(t.strip() for t in lc.implicit_labels.split(",") if t.strip()),
+        frozenset(lc.implicit_label_types),
         cfg.pipeline.max_future_ms,
     )
     join_settings = JoinSettings(

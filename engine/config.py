@@ -124,6 +124,11 @@ class LearningConfig(_Section):
     recovery: bool = True
     recovery_dir: str | None = None  # None: <data_dir>/recovery-learning
 
+    @property
+    def implicit_label_types(self) -> tuple[str, ...]:
+        """``implicit_labels`` as interaction types, in the order given."""
+        return tuple(t.strip() for t in self.implicit_labels.split(",") if t.strip())
+
 
 class DriftConfig(_Section):
     """In-stream drift detection (dataflows/drift.py) and what an alert triggers."""

@@ -30,7 +30,7 @@ import glob
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -40,6 +40,7 @@ from engine.batch import DEFAULT_BATCH_SIZE, DEFAULT_TTL_MS
 from engine.batch.store import RunMeta, ScoreWriter, pack_rows, scores_key
 from engine.config import RtmlConfig
 from engine.features.online import entity_key
+from engine.features.spec import FeatureView
 from engine.learning.snapshots import encode_key
 from proto.rtml.v1 import serving_pb2 as rtml_pb
 from serving.config import REQUEST_SOURCE, ModelConfig, parse_source
@@ -128,8 +129,11 @@ def load_scorer(cfg: RtmlConfig, model: str, version: str | None, repository: st
                    loaded.config, backend)
 
 
-def check_batchable(scorer: _Scorer, cfg: RtmlConfig) -> list[str]:
-    """The views to enumerate entities from; raises BatchPredictError for configs that cannot work."""
+def check_batchable(scorer: _Scorer, feature_views: Mapping[str, FeatureView]) -> list[str]:
+    """The views to enumerate entities from; raises BatchPredictError for configs that cannot work.
+
+    ``feature_views``: serving's views by name (:func:`serving.features.default_feature_views`).
+    """
     label = f"model {scorer.name!r} version {scorer.version}"
     config = scorer.config
     policy = config.precomputed
@@ -140,7 +144,7 @@ def check_batchable(scorer: _Scorer, cfg: RtmlConfig) -> list[str]:
         )
     bindings = config.features
     try:
-        views = resolve_bindings(bindings, default_feature_views(cfg.pipeline.feature_specs))
+        views = resolve_bindings(bindings, feature_views)
         plan = compile_plan(scorer, bindings, views)
     except FeatureConfigError as exc:
         raise BatchPredictError(str(exc)) from exc
@@ -198,7 +202,8 @@ async def batch_predict_async(
         raise BatchPredictError("batch_size and ttl_ms must be positive")
     started = time.perf_counter()
     scorer = load_scorer(cfg, model, version, repository)
-    views = check_batchable(scorer, cfg)
+    feature_views = default_feature_views(cfg.pipeline.feature_specs)
+    views = check_batchable(scorer, feature_views)
     config = scorer.config
     assert config.precomputed is not None and config.features is not None
     key = config.precomputed.key
@@ -208,7 +213,7 @@ async def batch_predict_async(
     prefix = cfg.redis.key_prefix
     client = redis.Redis.from_url(cfg.redis.url)
     fetcher = FeatureFetcher(
-        cfg.redis.url, views=default_feature_views(cfg.pipeline.feature_specs), key_prefix=prefix,
+        cfg.redis.url, views=feature_views, key_prefix=prefix,
         timeout_s=30.0, retry_after_s=0.0,
     )
     pipeline = PredictPipeline(None, fetcher=fetcher, registry=CollectorRegistry())

@@ -103,7 +103,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     try:
         if args.from_events:
             window = parse_duration_ms(args.label_window) if args.label_window else cfg.learning.label_window_ms
-            positives = tuple(t.strip() for t in cfg.learning.implicit_labels.split(",") if t.strip())
+            positives = cfg.learning.implicit_label_types
             examples = examples_from_events(read_table(args.examples), window, positives)
             # Made in memory: record the events file and how they were labelled.
             source = {"examples": str(args.examples),

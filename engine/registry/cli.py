@@ -11,13 +11,17 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import load_config
-from engine.registry.registry import ModelRegistry, VersionInfo
+
+if TYPE_CHECKING:  # the registry (and serving's repository scan) is imported when a command runs
+    from engine.registry.registry import ModelRegistry, VersionInfo
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
+    from engine.registry.registry import ModelRegistry
+
     root = args.repository or load_config(args.config).learning.model_repository
     return ModelRegistry(root)
 

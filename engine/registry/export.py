@@ -54,11 +54,11 @@ def _base_metadata(run: TrainingRun, parent: str | None, source_run: str | Path 
     return {
         "kind": run.kind,
         "parent": parent,
-        "dataset_manifest": getattr(run, "dataset_manifest", None),
-        "metrics": getattr(run, "metrics", None) or {},
-        "params": getattr(run, "params", None) or {},
-        "features": getattr(run, "features", None),
-        "trained_ms": getattr(run, "created_ms", None),
+        "dataset_manifest": run.dataset_manifest,
+        "metrics": run.metrics or {},
+        "params": run.params or {},
+        "features": run.features,
+        "trained_ms": run.created_ms,
         "downsample_rate": run.downsample_rate,
         "source_run": str(source_run) if source_run is not None else None,
     }

@@ -118,6 +118,8 @@ class RetrainWatcher:
 
     def poll_alerts(self, timeout_s: float) -> int:
         """Read available alerts into the trigger; returns how many asked for a run."""
+        # The state file changes when the first open sets the offsets or a message moves them.
+        moved = self._consumer is None
         if self._consumer is None:
             self._open()
         wanted = 0
@@ -126,6 +128,7 @@ class RetrainWatcher:
                 log.warning("alerts topic: %s", msg.error())
                 continue
             self.state.offsets[msg.partition()] = msg.offset() + 1
+            moved = True
             try:
                 alert = orjson.loads(msg.value() or b"")
             except orjson.JSONDecodeError:
@@ -133,7 +136,8 @@ class RetrainWatcher:
                 continue
             if isinstance(alert, dict) and self.trigger.offer(alert, self.clock()):
                 wanted += 1
-        self.state.save(self.state_path)
+        if moved:
+            self.state.save(self.state_path)
         return wanted
 
     # -- runs ------------------------------------------------------------------------------------

@@ -24,12 +24,9 @@ import sys
 from pathlib import Path
 
 from engine.config import RtmlConfig, load_config
-from engine.events.topic_reader import read_jsonl_file, read_topic
-from engine.rollouts import routing
-from engine.rollouts.guard import CanaryGuard, GuardReport, GuardSettings
-from engine.rollouts.outcomes import tally_for_config
-from engine.rollouts.routing import RolloutError
-from engine.rollouts.verdict import ab_verdict
+
+# Each command imports what it runs (routing, the guard's scraper, the outcome join, the
+# statistics) when it runs: `rtml` registers every area's commands on every start.
 
 ROLLED_BACK_EXIT = 3
 
@@ -52,6 +49,9 @@ def _pair(text: str, kind: type) -> tuple:
 
 
 def _run_action(args: argparse.Namespace) -> int:
+    from engine.rollouts import routing
+    from engine.rollouts.routing import RolloutError
+
     root = _root(args)
     common = {"reason": args.reason or "", "actor": args.actor}
     try:
@@ -76,6 +76,9 @@ def _run_action(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    from engine.rollouts import routing
+    from engine.rollouts.routing import RolloutError
+
     try:
         print(routing.status(_root(args), args.model, last=args.last).describe())
     except RolloutError as exc:
@@ -85,6 +88,10 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_verdict(args: argparse.Namespace) -> int:
+    from engine.events.topic_reader import read_jsonl_file, read_topic
+    from engine.rollouts.outcomes import tally_for_config
+    from engine.rollouts.verdict import ab_verdict
+
     cfg = load_config(args.config)
     lc = cfg.learning
     if args.predictions is None and not args.from_kafka:
@@ -124,11 +131,14 @@ def _run_verdict(args: argparse.Namespace) -> int:
 
 
 def _run_guard(args: argparse.Namespace) -> int:
+    from engine.rollouts.guard import GUARD_ACTOR, CanaryGuard, GuardReport, GuardSettings
+    from engine.rollouts.routing import RolloutError
+
     settings = GuardSettings(max_error_rate=args.max_error_rate, max_p99_ms=args.max_p99_ms,
                              min_requests=args.min_requests)
     try:
         guard = CanaryGuard(_root(args), args.model, args.metrics_url, settings, version=args.version,
-                            actor=args.actor or "rtml rollout guard")
+                            actor=args.actor or GUARD_ACTOR)
 
         def show(report: GuardReport) -> None:
             print(report.describe(), flush=True)

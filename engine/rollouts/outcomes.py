@@ -40,8 +40,6 @@ from serving.routing import SHADOW
 if TYPE_CHECKING:
     from engine.config import RtmlConfig
 
-_SOURCE = "offline"  # one watermark source: the whole bounded input
-
 
 @dataclass(slots=True)
 class ArmCounts:
@@ -221,7 +219,7 @@ def tally_for_config(
     import time
 
     lc = cfg.learning
-    implicit = frozenset(t.strip() for t in lc.implicit_labels.split(",") if t.strip())
+    implicit = frozenset(lc.implicit_label_types)
     return load_tally(
         prediction_raws, outcome_raws, model=model, label_window_ms=label_window_ms or lc.label_window_ms,
         out_of_orderness_ms=lc.out_of_orderness_ms, implicit_labels=implicit,

@@ -52,6 +52,7 @@ import yaml
 from pydantic import ValidationError
 
 from engine.registry.publish import check_model_name, fsync_dir, write_synced
+from engine.registry.registry import ModelRegistry
 from engine.rollouts.history import (
     HISTORY_FILENAME,
     RolloutChange,
@@ -61,7 +62,7 @@ from engine.rollouts.history import (
     read_history,
 )
 from serving.config import CONFIG_FILENAME, ModelConfig, Routing
-from serving.repository import scan_model, version_key
+from serving.repository import version_key
 from serving.routing import Router
 
 LOCK_FILENAME = ".rollouts.lock"  # a dot-file: the repository scanner ignores it
@@ -267,10 +268,9 @@ def _apply(root: str | Path, model: str, action: str, version: str | None, edit:
             current = _normalise(raw.get("routing"))
         except ValidationError as exc:
             raise RolloutError(f"{model_dir / CONFIG_FILENAME}: the current routing is invalid: {exc}") from exc
-        source = scan_model(model_dir)
         history_path = model_dir / HISTORY_FILENAME
         history = read_history(history_path)
-        ctx = _Context(model, sorted(source.versions, key=version_key), current, history)
+        ctx = _Context(model, ModelRegistry(root).versions(model), current, history)
         if resolve_undo is not None:
             undoes = resolve_undo(history)
         after, words = edit(ctx)
@@ -570,7 +570,8 @@ def current_primary(root: str | Path, model: str) -> str | None:
 
 def model_versions(root: str | Path, model: str) -> list[str]:
     """The model's versions on disk (directories holding a model), ascending."""
-    return sorted(scan_model(_model_dir(root, model)).versions, key=version_key)
+    _model_dir(root, model)  # refuses a model that does not exist
+    return ModelRegistry(root).versions(model)
 
 
 def status(root: str | Path, model: str, last: int = 10) -> RolloutStatus:
