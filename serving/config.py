@@ -80,6 +80,14 @@ def _version_text(value: Any) -> Any:
 VersionText = Annotated[str, BeforeValidator(_version_text), Field(min_length=1)]
 
 
+def _duration_ms(value: Any) -> Any:
+    return None if value is None else parse_duration_ms(value)
+
+
+# A duration as written in a config file ("30s", "6h" or ms), held in milliseconds.
+DurationMs = Annotated[int, BeforeValidator(_duration_ms)]
+
+
 def parse_source(source: str) -> tuple[str, str]:
     """Split a feature source ``view.column`` / ``request.name`` into its two parts.
 
@@ -111,17 +119,12 @@ class ViewBinding(_Frozen):
     """
 
     entity: tuple[str, ...] = Field(min_length=1)
-    ttl: int | None = None  # milliseconds once parsed
+    ttl: DurationMs | None = None
 
     @field_validator("entity", mode="before")
     @classmethod
     def _one_field(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
-
-    @field_validator("ttl", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return None if value is None else parse_duration_ms(value)
 
 
 class FeatureBindings(_Frozen):
@@ -267,16 +270,12 @@ class PrecomputedScores(_Frozen):
     """
 
     key: str = Field("user_id", min_length=1)
-    max_age_ms: int | None = Field(None, alias="max_age")
+    max_age_ms: DurationMs | None = Field(None, alias="max_age")
     on_miss: PrecomputedPolicy = "compute"
     on_stale: PrecomputedPolicy = "compute"
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("max_age_ms", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return None if value is None else parse_duration_ms(value)
 
 
 class ModelConfig(BaseModel):

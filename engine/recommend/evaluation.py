@@ -155,7 +155,7 @@ def evaluate_funnel(
         elapsed = time.perf_counter() - started
         tower = funnel.models.user_tower()
         for user, excluded in zip(users, seen):
-            u = await funnel.compiled(tower, funnel.models.ranker()).store.read_user(user)
+            u = await funnel.compiled(tower, funnel.models.ranker()).read_user(user)
             cols = {s: [user] if s == "user_id" else [u.values.get(s)] for s in tower.layout.sources}
             vec = await tower.run(tower.layout.feeds(cols, tower.input_names), None)
             retrieval_lists.append([i for i, _ in funnel.index.search(np.asarray(vec, np.float32), kmax,

@@ -54,12 +54,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.bandits.spec import BanditSpec
-from engine.features.spec import parse_duration_ms
-from serving.config import load_yaml_config
-
-
-def _duration(value: Any) -> Any:
-    return None if value is None else parse_duration_ms(value)
+from serving.config import DurationMs, load_yaml_config
 
 
 class _Section(BaseModel):
@@ -83,13 +78,8 @@ class RetrievalConfig(_Section):
 class Freshness(_Section):
     """``score * (1 + boost * 2^(-age / half_life))``; ``boost: 0`` disables it."""
 
-    half_life_ms: int = Field(6 * 3_600_000, alias="half_life", gt=0)
+    half_life_ms: DurationMs = Field(6 * 3_600_000, alias="half_life", gt=0)
     boost: float = Field(0.0, ge=0)
-
-    @field_validator("half_life_ms", mode="before")
-    @classmethod
-    def _ms(cls, value: Any) -> Any:
-        return _duration(value)
 
 
 class SeenFilter(_Section):
@@ -126,14 +116,9 @@ class ExplorationConfig(_Section):
     bandit: str = "rec-explore"
     prior_alpha: float = Field(1.0, gt=0)
     prior_beta: float = Field(1.0, gt=0)
-    max_age_ms: int | None = Field(24 * 3_600_000, alias="max_age")
+    max_age_ms: DurationMs | None = Field(24 * 3_600_000, alias="max_age")
     max_impressions: int | None = Field(100, ge=0)
     impressions_source: str = "item.impressions_24h"
-
-    @field_validator("max_age_ms", mode="before")
-    @classmethod
-    def _ms(cls, value: Any) -> Any:
-        return _duration(value)
 
     @model_validator(mode="after")
     def _positions(self) -> "ExplorationConfig":
@@ -161,28 +146,18 @@ class PopularConfig(_Section):
 
     source: str = "item.clicks_24h"
     size: int = Field(200, ge=1)
-    refresh_ms: int = Field(30_000, alias="refresh", gt=0)
-
-    @field_validator("refresh_ms", mode="before")
-    @classmethod
-    def _ms(cls, value: Any) -> Any:
-        return _duration(value)
+    refresh_ms: DurationMs = Field(30_000, alias="refresh", gt=0)
 
 
 class RecommendConfig(_Section):
     """The whole file (module docstring)."""
-
-    @field_validator("item_cache_ms", mode="before")
-    @classmethod
-    def _ms(cls, value: Any) -> Any:
-        return _duration(value)
 
     user_tower: str = Field(min_length=1)
     ranker: str = Field(min_length=1)
     ranker_output: str = "probability"
     max_k: int = Field(50, ge=1, le=1000)
     # Candidates' item-view rows read within this long are reused (0: read every request).
-    item_cache_ms: int = Field(1000, alias="item_cache", ge=0)
+    item_cache_ms: DurationMs = Field(1000, alias="item_cache", ge=0)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)

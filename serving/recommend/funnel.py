@@ -99,14 +99,6 @@ class Recommendation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    """Per (user tower, ranker) version pair: the feature plan and its store."""
-
-    plan: FeaturePlan
-    store: FunnelStore
-
-
 class Funnel:
     """The pipeline (module docstring) over injected models, index, store and popular list."""
 
@@ -136,7 +128,7 @@ class Funnel:
         self.bandit = bandit
         self.metrics = metrics
         self.rng = rng if rng is not None else np.random.default_rng()
-        self._compiled: dict[tuple[str, str], _Compiled] = {}
+        self._compiled: dict[tuple[str, str], FunnelStore] = {}
         rr, ex = config.rerank, config.exploration
         self._seen = f"{rr.seen.view}.{rr.seen.column}_{rr.seen.window}" if rr.seen is not None else None
         self._impressions = ex.impressions_source if ex.slots and ex.max_impressions is not None else None
@@ -146,7 +138,8 @@ class Funnel:
 
     # -- compile ----------------------------------------------------------------------------
 
-    def compiled(self, tower: ScoringModel, ranker: ScoringModel) -> _Compiled:
+    def compiled(self, tower: ScoringModel, ranker: ScoringModel) -> FunnelStore:
+        """The store (and its feature plan, ``store.plan``) for this (user tower, ranker) version pair."""
         key = (tower.ref, ranker.ref)
         found = self._compiled.get(key)
         if found is not None:
@@ -159,7 +152,7 @@ class Funnel:
             raise FeatureConfigError(f"user tower {tower.ref} reads non-user inputs {wrong}")
         store = FunnelStore(self.executor, plan, prefix=self.prefix, blocked_key=self.config.rerank.blocked_key,
                             presence=self._presence, bandit=self.bandit, item_cache_ms=self.config.item_cache_ms)
-        self._compiled = {key: _Compiled(plan, store)}  # older versions' plans are dropped
+        self._compiled = {key: store}  # older versions' plans are dropped
         return self._compiled[key]
 
     # -- the call ---------------------------------------------------------------------------
@@ -189,8 +182,8 @@ class Funnel:
         timings: dict[str, float] = {}
         start = t = time.perf_counter()
         tower, ranker = self.models.user_tower(), self.models.ranker()
-        compiled = self.compiled(tower, ranker)
-        store, plan = compiled.store, compiled.plan
+        store = self.compiled(tower, ranker)
+        plan = store.plan
         versions = {"user_tower": tower.ref, "ranker": ranker.ref}
 
         user = await store.read_user(user_id)

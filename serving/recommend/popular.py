@@ -34,7 +34,6 @@ class PopularList:
 
     def __init__(self, items: Iterable[tuple[str, float]] = ()) -> None:
         self.items: list[tuple[str, float]] = list(items)
-        self.built_ms = int(time.time() * 1000)
 
     def top(self, k: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []

@@ -122,9 +122,13 @@ class FunnelStore:
         self.plan = plan
         self.prefix = prefix
         self.blocked_key = blocked_key
-        self.presence = presence
         self.bandit = bandit
-        self._user_views = plan.views_at("user")
+        # What read_user reads: the user views the plan needs, plus the presence view (its _t
+        # tells a known user apart), and their value names -- fixed for the plan's lifetime.
+        user_views = list(plan.views_at("user"))
+        if presence is not None and all(v.name != presence.name for v in user_views):
+            user_views.append(presence)
+        self._user_reads = [(v, [f"{v.name}.{column}" for column in v.columns]) for v in user_views]
         self._item_views = plan.views_at("item")
         self._pair_views = plan.views_at("pair")
         self._warned = False
@@ -141,11 +145,8 @@ class FunnelStore:
         return replies
 
     async def read_user(self, user_id: str) -> UserRead:
-        views = list(self._user_views)
-        if self.presence is not None and all(v.name != self.presence.name for v in views):
-            views.append(self.presence)
         commands: list[tuple[Any, ...]] = [
-            ("HMGET", entity_key(self.prefix, v.name, user_id), *v.fields) for v in views
+            ("HMGET", entity_key(self.prefix, v.name, user_id), *v.fields) for v, _ in self._user_reads
         ]
         if self.blocked_key:
             commands.append(("SMEMBERS", f"{self.prefix}:{self.blocked_key.format(user_id=user_id)}"))
@@ -153,11 +154,11 @@ class FunnelStore:
         values: dict[str, Any] = {}
         known = False
         now_ms = int(time.time() * 1000)
-        for i, view in enumerate(views):
+        for i, (view, names) in enumerate(self._user_reads):
             row = decode_rows([replies[i]], view, now_ms)[0] if replies is not None else None
             known = known or row is not None
-            for j, column in enumerate(view.columns):
-                values[f"{view.name}.{column}"] = row[j] if row is not None else None
+            for j, name in enumerate(names):
+                values[name] = row[j] if row is not None else None
         blocked: set[str] = set()
         if self.blocked_key and replies is not None and not isinstance(replies[-1], BaseException):
             blocked = {m.decode() if isinstance(m, bytes) else str(m) for m in replies[-1]}
