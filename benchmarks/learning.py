@@ -25,7 +25,6 @@ Results go to benchmarks/results/learning.json and the README table.
 from __future__ import annotations
 
 import argparse
-import gc
 import threading
 import time
 from tempfile import TemporaryDirectory
@@ -40,7 +39,7 @@ from engine.config import load_config
 from engine.learning.learners import LearnerKind, LearnerSpec, build_model
 from engine.learning.online import OnlineLearner
 from engine.learning.records import JoinedExample, PredictionRecord
-from engine.runtime.gc_tuning import tune_gc
+from engine.runtime.gc_tuning import tuned_gc
 
 NAME = "learning"
 T0 = 1_767_225_600_000
@@ -135,17 +134,14 @@ def measure_dataflow(rows: list[dict[str, float]], labels: list[bool],
         read_in = metrics.events_in.labels(topics["predictions"])
         watch = _FirstRead(lambda: read_in._value.get())
         # The dataflow's process tunes its GC once the flow is built (dataflows.learning); this
-        # process does the same around the run, then puts its own settings back.
-        thresholds = gc.get_threshold()
-        tune_gc()
-        started = time.perf_counter()
-        watch.start()
-        try:
-            run_main(flow)
-        finally:
-            watch.stop()
-            gc.unfreeze()
-            gc.set_threshold(*thresholds)
+        # process does the same around the run.
+        with tuned_gc():
+            started = time.perf_counter()
+            watch.start()
+            try:
+                run_main(flow)
+            finally:
+                watch.stop()
         elapsed = time.perf_counter() - started
         learned = counter._value.get()
         if learned != len(rows):

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from engine.export.ranker import export_ranker
-from engine.export.variants import BATCH_SIZES, build_variants, latency_s
+from engine.export.variants import BATCH_SIZES, build_variants
 from engine.training.config import TrainConfig
 from engine.training.synthetic import criteo_like
-from engine.training.train import train_ranker
+from engine.training.train import torch_threads, train_ranker
 
 
 def _torch_latency_s(model: torch.nn.Module, dense: np.ndarray, sparse: np.ndarray, batch: int, repeats: int) -> float:
@@ -71,13 +71,12 @@ def run_models(train_rows: int = 200_000, valid_rows: int = 50_000, epochs: int 
     variants_s = time.perf_counter() - started
 
     model = run.model.cpu().eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         torch_lat = {b: _torch_latency_s(model, valid.dense, valid.sparse, b, repeats) for b in BATCH_SIZES}
-    finally:
-        torch.set_num_threads(threads)
-    ort_lat = latency_s(variants["fp32"].model.SerializeToString(), valid.dense, valid.sparse, repeats=repeats)
+    # build_variants timed the fp32 graph already (1 thread, the same batches and repeats).
+    fp32 = variants["fp32"].report
+    assert fp32 is not None
+    ort_lat = {b: fp32.latency_ms[b] / 1e3 for b in BATCH_SIZES}
 
     inference = {}
     for b in BATCH_SIZES:

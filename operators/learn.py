@@ -83,8 +83,8 @@ def parse_batch(batch: RawBatch, settings: ParseSettings, now_ms: Callable[[], i
     now = now_ms()
     source = (batch.topic, batch.partition)
     shards = settings.shards
-    single = shards == 1  # every record goes to shard "0": no hash to compute
     parts = {str(i): JoinInput(source, None) for i in range(shards)}
+    only = parts["0"] if shards == 1 else None  # one shard: no request-id hash to compute
     dead: list[DeadLetter] = []
     skipped = 0
     max_t: int | None = None
@@ -96,7 +96,7 @@ def parse_batch(batch: RawBatch, settings: ParseSettings, now_ms: Callable[[], i
             if isinstance(rec, DeadLetter):
                 dead.append(rec)
                 continue
-            parts["0" if single else shard_of(rec.request_id, shards)].predictions.append(rec)
+            (only or parts[shard_of(rec.request_id, shards)]).predictions.append(rec)
             t = rec.event_time_ms
         elif kind == "label":
             lab = validate_label(raw, headers, now, settings.max_future_ms)
@@ -104,7 +104,7 @@ def parse_batch(batch: RawBatch, settings: ParseSettings, now_ms: Callable[[], i
                 dead.append(DeadLetter(lab.reason, lab.detail, batch.topic, batch.partition, offset, raw, now, hdrs))  # type: ignore[union-attr]
                 continue
             t = lab.event_time  # type: ignore[union-attr]
-            parts["0" if single else shard_of(lab.request_id, shards)].labels.append(  # type: ignore[union-attr]
+            (only or parts[shard_of(lab.request_id, shards)]).labels.append(  # type: ignore[union-attr]
                 LabelIn(lab.request_id, lab.label, t, lab.item_id, False, (batch.topic, batch.partition, offset, raw, hdrs))  # type: ignore[union-attr]
             )
         else:
@@ -114,7 +114,7 @@ def parse_batch(batch: RawBatch, settings: ParseSettings, now_ms: Callable[[], i
                 continue
             t = ev.event_time  # type: ignore[union-attr]
             if ev.request_id is not None and ev.event_type in settings.implicit_labels:  # type: ignore[union-attr]
-                parts["0" if single else shard_of(ev.request_id, shards)].labels.append(  # type: ignore[union-attr]
+                (only or parts[shard_of(ev.request_id, shards)]).labels.append(  # type: ignore[union-attr]
                     LabelIn(ev.request_id, 1.0, t, ev.item_id, True)  # type: ignore[union-attr]
                 )
             else:

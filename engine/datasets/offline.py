@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from engine.datasets.pit import FeatureTable
-from engine.features.offline import read_offline
+from engine.features.offline import offline_files, read_offline
 from engine.features.spec import FeatureView
 
 _SOURCE_COLUMNS = ["entity", "window_end_ms", "created_ms"]
@@ -94,7 +94,7 @@ def source_files(offline_dir: str | os.PathLike[str], view: str) -> SourceFiles:
     """Count and digest a view's offline Parquet files (by path and size, not content: cheap
     at any size, and files are written once under unique names)."""
     folder = Path(offline_dir) / view
-    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
+    files = offline_files(offline_dir, view)
     h = hashlib.sha256()
     total = 0
     for p in files:

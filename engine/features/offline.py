@@ -76,10 +76,17 @@ class OfflineLogWriter:
             self.files_written += 1
 
 
+def offline_files(root: str | os.PathLike[str], view_name: str) -> list[Path]:
+    """A view's finished offline Parquet files, by path (hidden ones are still being written)."""
+    folder = Path(root) / view_name
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+
+
 def read_offline(root: str | os.PathLike[str], view: FeatureView, dedupe: bool = True) -> pd.DataFrame:
     """The view's offline log as a DataFrame, duplicates from replays removed."""
-    folder = Path(root) / view.name
-    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+    files = offline_files(root, view.name)
     schema = offline_schema(view)
     if not files:
         return schema.empty_table().to_pandas()

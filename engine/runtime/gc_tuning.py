@@ -9,7 +9,9 @@ the learning dataflow's time (benchmarks.learning: 21.7k -> 31.5k examples/s onc
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from typing import Iterator
 
 
 def tune_gc() -> None:
@@ -18,15 +20,25 @@ def tune_gc() -> None:
     Call it once the process has built its dataflow. The state the dataflow builds later is
     still collected, just less often; it holds no reference cycles in normal operation.
 
-    >>> import gc
-    >>> before = gc.get_threshold()
-    >>> tune_gc(); gc.get_threshold()
+    >>> with tuned_gc():
+    ...     gc.get_threshold()
     (50000, 50, 100)
-    >>> gc.unfreeze(); gc.set_threshold(*before)
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
 
 
-__all__ = ["tune_gc"]
+@contextlib.contextmanager
+def tuned_gc() -> Iterator[None]:
+    """:func:`tune_gc` for a block (a dataflow run inside another process), then the old settings back."""
+    thresholds = gc.get_threshold()
+    tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+__all__ = ["tune_gc", "tuned_gc"]
