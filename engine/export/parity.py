@@ -30,7 +30,7 @@ engine.export.parity.ParityError: ONNX Runtime output 'probability' differs from
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -89,22 +89,36 @@ def check_parity(
     (see :mod:`serving.onnx_session`). Returns the max difference; raises
     :class:`ParityError` above ``tolerance`` or on any non-finite value.
     """
+    return check_outputs(model, {output: (reference, tolerance)}, dense, sparse)[output]
+
+
+def check_outputs(
+    model: bytes,
+    checks: Mapping[str, tuple[Reference, float]],
+    dense: np.ndarray,
+    sparse: np.ndarray,
+) -> dict[str, float]:
+    """:func:`check_parity` for several outputs ``{output: (reference, tolerance)}`` of one graph,
+    from one session and one run per batch shape; the max difference per output."""
     if len(dense) < 1:
         raise ValueError("parity needs at least one row")
     session = load_onnx(model, providers=[CPU])
     names = [s.name for s in session.inputs]
-    expected = np.asarray(reference(dense, sparse), np.float64).reshape(len(dense), -1)
-    worst = 0.0
-    for label, rows in (("batch 1", slice(0, 1)), (f"batch {len(dense)}", slice(None))):
-        got = np.asarray(session.run(feeds(dense[rows], sparse[rows], names))[output], np.float64)
-        got = got.reshape(expected[rows].shape)
-        if not np.all(np.isfinite(got)):
-            raise ParityError(f"ONNX Runtime output {output!r} is not finite at {label}")
-        diff = float(np.max(np.abs(got - expected[rows]))) if got.size else 0.0
-        worst = max(worst, diff)
-        if not diff <= tolerance:
-            raise ParityError(
-                f"ONNX Runtime output {output!r} differs from the reference by {diff:.3g} at {label} "
-                f"(tolerance {tolerance:g})"
-            )
+    runs = [(label, rows, session.run(feeds(dense[rows], sparse[rows], names)))
+            for label, rows in (("batch 1", slice(0, 1)), (f"batch {len(dense)}", slice(None)))]
+    worst: dict[str, float] = {}
+    for output, (reference, tolerance) in checks.items():
+        expected = np.asarray(reference(dense, sparse), np.float64).reshape(len(dense), -1)
+        worst[output] = 0.0
+        for label, rows, result in runs:
+            got = np.asarray(result[output], np.float64).reshape(expected[rows].shape)
+            if not np.all(np.isfinite(got)):
+                raise ParityError(f"ONNX Runtime output {output!r} is not finite at {label}")
+            diff = float(np.max(np.abs(got - expected[rows]))) if got.size else 0.0
+            worst[output] = max(worst[output], diff)
+            if not diff <= tolerance:
+                raise ParityError(
+                    f"ONNX Runtime output {output!r} differs from the reference by {diff:.3g} at {label} "
+                    f"(tolerance {tolerance:g})"
+                )
     return worst

@@ -8,7 +8,7 @@
 * ``two_tower``: two graphs, ``user`` and ``item``, each with the same inputs (the tower's
   own ``n_dense``/``field_dims``) and one output ``embedding`` float32 [batch, dim].
 
-Each graph is checked against torch (:func:`engine.export.parity.check_parity`: the
+Each graph is checked against torch (:func:`engine.export.parity.check_outputs`: the
 run's ``predict_proba`` for rankers, ``encode_users``/``encode_items`` for towers) on seeded
 random rows plus any validation rows, at batch 1 and at ≥ 257 rows. A difference above
 ``tolerance`` raises :class:`~engine.export.parity.ParityError` before anything is written.
@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import torch
 
-from engine.export.parity import DEFAULT_TOLERANCE, MIN_ROWS, check_parity, sample_inputs
+from engine.export.parity import DEFAULT_TOLERANCE, MIN_ROWS, check_outputs, sample_inputs
 from engine.export.postprocess import LOGIT, PROBABILITY, attach_postprocess
 from engine.export.torch_export import Exporter, OnnxGraph, export_module
 from engine.training.run import TrainingRun
@@ -99,9 +99,8 @@ def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def _gate(model: onnx.ModelProto, checks: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
           tolerances: dict[str, float], dense: np.ndarray, sparse: np.ndarray) -> dict[str, float]:
-    data = model.SerializeToString()
-    return {out: check_parity(data, ref, dense, sparse, output=out, tolerance=tolerances[out])
-            for out, ref in checks.items()}
+    return check_outputs(model.SerializeToString(), {out: (ref, tolerances[out]) for out, ref in checks.items()},
+                         dense, sparse)
 
 
 def export_ranker(

@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -193,39 +193,53 @@ def build_variants(
     cal = dict(calibrator) if calibrator is not None else None
     wanted = ["fp32", *[p for p in precisions if p != "fp32"]]
     variants: dict[str, Variant] = {}
+    # Validation predictions of the final graphs, computed once: recalibration and measuring share them.
+    predicted: dict[str, tuple[np.ndarray, list[str]]] = {}
+
+    def prediction(precision: str) -> tuple[np.ndarray, list[str]]:
+        assert validation is not None
+        if precision not in predicted:
+            prob, _, providers = _predict(variants[precision].model.SerializeToString(), *validation[:2])
+            predicted[precision] = prob, providers
+        return predicted[precision]
+
     for precision in wanted:
         reduced = reduce_precision(core, precision)
-        variant = Variant(precision, attach_postprocess(reduced, downsample_rate=downsample_rate, calibrator=cal), cal)
+        variants[precision] = Variant(
+            precision, attach_postprocess(reduced, downsample_rate=downsample_rate, calibrator=cal), cal
+        )
         if validation is not None and precision == "int8" and recalibrate_int8:
-            variant = _recalibrated(variant, reduced, downsample_rate, cal, validation, variants["fp32"])
-        variants[precision] = variant
+            variants[precision], predicted[precision] = _recalibrated(
+                variants[precision], reduced, downsample_rate, cal, validation, prediction("fp32")[0]
+            )
     if validation is not None:
-        _measure(variants, validation, repeats)
+        _measure(variants, validation, repeats, prediction)
     return variants
 
 
 def _recalibrated(variant: Variant, reduced: onnx.ModelProto, downsample_rate: float,
                   calibrator: dict[str, Any] | None, validation: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  fp32: Variant) -> Variant:
+                  baseline: np.ndarray) -> tuple[Variant, tuple[np.ndarray, list[str]]]:
+    """The variant with a calibrator refit on its own scores; and its validation predictions."""
     dense, sparse, label = validation
     before, logit, _ = _predict(variant.model.SerializeToString(), dense, sparse)
-    baseline, _, _ = _predict(fp32.model.SerializeToString(), dense, sparse)
     q = downsampling_correction(sigmoid(logit), downsample_rate)
     refit = fit_calibrator(calibrator["kind"] if calibrator else "platt", q, label)
     model = attach_postprocess(reduced, downsample_rate=downsample_rate, calibrator=refit)
-    after, _, _ = _predict(model.SerializeToString(), dense, sparse)
+    after, _, providers = _predict(model.SerializeToString(), dense, sparse)
     recal = Recalibration(refit, len(label), float(before.mean() / baseline.mean() - 1.0), calibration_ratio(label, before), calibration_ratio(label, after),
                           ece(label, before), ece(label, after))
-    return Variant(variant.precision, model, refit, extra={"recalibration": recal})
+    return Variant(variant.precision, model, refit, extra={"recalibration": recal}), (after, providers)
 
 
-def _measure(variants: dict[str, Variant], validation: tuple[np.ndarray, np.ndarray, np.ndarray], repeats: int) -> None:
+def _measure(variants: dict[str, Variant], validation: tuple[np.ndarray, np.ndarray, np.ndarray], repeats: int,
+             prediction: Callable[[str], tuple[np.ndarray, list[str]]]) -> None:
     dense, sparse, label = validation
     label = np.asarray(label, np.float64).reshape(-1)
     base: VariantReport | None = None
     for precision, variant in variants.items():
         data = variant.model.SerializeToString()
-        p, _, providers = _predict(data, dense, sparse)
+        p, providers = prediction(precision)
         lat = latency_s(data, dense, sparse, repeats=repeats)
         a, e = auc(label, p), ece(label, p)
         base_auc = a if base is None else base.auc  # fp32 comes first: its changes are 0
