@@ -101,8 +101,7 @@ def _hits(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Colle
 
 def recall_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Collection[int]], k: int) -> float:
     """Mean over users of the share of relevant items in the top ``k``."""
-    hits, n_rel = _hits(ranked, relevant, k)
-    return float(np.mean(hits.sum(1) / n_rel)) if n_rel.size else float("nan")
+    return _recall(*_hits(ranked, relevant, k))
 
 
 def ndcg_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Collection[int]], k: int) -> float:
@@ -111,7 +110,38 @@ def ndcg_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[C
     >>> round(ndcg_at_k([[3, 1, 2]], [{1, 2}], 3), 4)
     0.6934
     """
-    hits, n_rel = _hits(ranked, relevant, k)
+    return _ndcg(*_hits(ranked, relevant, k), k)
+
+
+def map_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Collection[int]], k: int) -> float:
+    """Mean average precision at k, normalised by ``min(k, |relevant|)``."""
+    return _map(*_hits(ranked, relevant, k), k)
+
+
+def ranking_metrics(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Collection[int]],
+                    ks: Sequence[int]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """``recall@k``, ``ndcg@k`` and ``map@k`` for every k in ``ks``, from one pass over the users;
+    also that pass's ``hits`` (up to max(ks)) and ``|relevant|`` per user.
+
+    >>> m, hits, n_rel = ranking_metrics([[3, 1, 2]], [{1, 2}], [1, 3])
+    >>> m["recall@3"], round(m["ndcg@3"], 4), hits.shape
+    (1.0, 0.6934, (1, 3))
+    """
+    hits, n_rel = _hits(ranked, relevant, max(ks))
+    out: dict[str, float] = {}
+    for k in ks:
+        top = hits[:, :k]
+        out[f"recall@{k}"] = _recall(top, n_rel)
+        out[f"ndcg@{k}"] = _ndcg(top, n_rel, k)
+        out[f"map@{k}"] = _map(top, n_rel, k)
+    return out, hits, n_rel
+
+
+def _recall(hits: np.ndarray, n_rel: np.ndarray) -> float:
+    return float(np.mean(hits.sum(1) / n_rel)) if n_rel.size else float("nan")
+
+
+def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
     if not n_rel.size:
         return float("nan")
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
@@ -120,9 +150,7 @@ def ndcg_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[C
     return float(np.mean(dcg / idcg))
 
 
-def map_at_k(ranked: Sequence[Sequence[int]] | np.ndarray, relevant: Sequence[Collection[int]], k: int) -> float:
-    """Mean average precision at k, normalised by ``min(k, |relevant|)``."""
-    hits, n_rel = _hits(ranked, relevant, k)
+def _map(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
     if not n_rel.size:
         return float("nan")
     precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.training.data import PairData
-from engine.training.metrics import map_at_k, ndcg_at_k, recall_at_k
+from engine.training.metrics import ranking_metrics
 
 
 def top_k(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, chunk: int = 4_096) -> np.ndarray:
@@ -38,12 +38,7 @@ def retrieval_report(run: Any, data: PairData, ks: Sequence[int]) -> dict[str, A
     item_keys, idn, isp = data.catalog()
     ranked = item_keys[top_k(run.encode_users(ud, us), run.encode_items(idn, isp), max(ks))]
     report: dict[str, Any] = {"users": len(relevant), "items": len(item_keys), "pairs": len(data)}
-    for k in ks:
-        report[f"recall@{k}"] = recall_at_k(ranked, relevant, k)
-        report[f"ndcg@{k}"] = ndcg_at_k(ranked, relevant, k)
-        report[f"map@{k}"] = map_at_k(ranked, relevant, k)
-    kmax = ranked.shape[1]
-    hits = np.stack([np.isin(row, rel) for row, rel in zip(ranked, relevant)]) if relevant else np.zeros((0, kmax))
-    n_rel = np.array([len(r) for r in relevant], dtype=np.float64)
+    metrics, hits, n_rel = ranking_metrics(ranked, relevant, ks)
+    report |= metrics
     report["recall_curve"] = (np.cumsum(hits, axis=1) / n_rel[:, None]).mean(0).tolist() if len(n_rel) else []
     return report
