@@ -87,7 +87,7 @@ from serving.features import (
     decode_row,
     resolve_bindings,
 )
-from serving.predictions_log import PredictionLogger
+from serving.predictions_log import PredictionLogger, prediction_record
 from serving.routing import PRIMARY, SHADOW, Route, Router
 from serving.tensors import TensorSpec
 
@@ -1011,21 +1011,14 @@ class PredictPipeline:
         for i, ids in enumerate(entity_ids):
             row = scores[i]
             age = ages[i] if ages else None
-            record = {
-                "request_id": request_id,
-                "model": name,
-                "version": version,
-                "variant": variant,
-                "entity_ids": ids,
-                "features": used[i] if used is not None else {},
-                "feature_defaults": defaults[i] if defaults is not None else [],
-                "scores": row,
-                "score": row[0] if row else None,
-                "event_time_ms": now_ms,
-                "feature_age_ms": None if age is None or age < 0 else age,
-                "cached": cached,
-                "precomputed": precomputed[i] if precomputed is not None else False,
-            }
+            record = prediction_record(
+                request_id, name, version, variant, ids, row, now_ms,
+                features=used[i] if used is not None else None,
+                feature_defaults=defaults[i] if defaults is not None else None,
+                feature_age_ms=None if age is None or age < 0 else age,
+                cached=cached,
+                precomputed=precomputed[i] if precomputed is not None else False,
+            )
             key = ids.get("user_id") or next(iter(ids.values()), None) or request_id
             logger.log(record, key)
 

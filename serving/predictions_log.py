@@ -46,6 +46,39 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPIC = "predictions"
 
 
+def prediction_record(
+    request_id: str,
+    model: str,
+    version: str,
+    variant: str,
+    entity_ids: dict[str, str],
+    scores: list[float],
+    event_time_ms: int,
+    *,
+    features: dict[str, Any] | None = None,
+    feature_defaults: list[str] | None = None,
+    feature_age_ms: int | None = None,
+    cached: bool = False,
+    precomputed: bool = False,
+) -> dict[str, Any]:
+    """One scored instance as the ``predictions`` topic holds it (Predict and Recommend alike)."""
+    return {
+        "request_id": request_id,
+        "model": model,
+        "version": version,
+        "variant": variant,
+        "entity_ids": entity_ids,
+        "features": features or {},
+        "feature_defaults": feature_defaults or [],
+        "scores": scores,
+        "score": scores[0] if scores else None,
+        "event_time_ms": event_time_ms,
+        "feature_age_ms": feature_age_ms,
+        "cached": cached,
+        "precomputed": precomputed,
+    }
+
+
 class PredictionLogMetrics:
     """``rtml_predictions_log_*`` series on ``registry``."""
 

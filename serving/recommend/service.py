@@ -51,7 +51,7 @@ from serving.recommend.funnel import Funnel, Recommendation
 from serving.recommend.inputs import InputLayout
 from serving.recommend.metrics import RecommendMetrics
 from serving.recommend.popular import PopularRefresher
-from serving.predictions_log import PredictionLogger, PredictionLogMetrics
+from serving.predictions_log import PredictionLogger, PredictionLogMetrics, prediction_record
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,10 @@ class RecommendService:
                 record["position"] = item.position
                 predictions.log(record, user_id)
             elif rec.ranker is not None:
-                predictions.log({
-                    "request_id": request_id, "model": name, "version": version, "variant": "primary",
-                    "entity_ids": ids, "features": item.features or {}, "feature_defaults": [],
-                    "scores": [item.rank_score], "score": item.rank_score, "event_time_ms": now_ms,
-                    "feature_age_ms": None, "cached": False, "precomputed": False, "position": item.position,
-                }, user_id)
+                record = prediction_record(request_id, name, version, "primary", ids, [item.rank_score], now_ms,
+                                           features=item.features)
+                record["position"] = item.position
+                predictions.log(record, user_id)
 
 
 class RecommendationsServicer:
