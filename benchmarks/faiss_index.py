@@ -88,6 +88,15 @@ def _ids(prefix: str, n: int, start: int = 0) -> list[str]:
     return [f"{prefix}{j}" for j in range(start, start + n)]
 
 
+def item_index(config: IndexConfig, ids: list[str], x: np.ndarray) -> tuple[ItemIndex, float]:
+    """An ItemIndex over ``ids``/``x`` and the seconds its main index took to build."""
+    index = ItemIndex(config)
+    index.upsert(ids, x)
+    t0 = time.perf_counter()
+    index.rebuild()
+    return index, time.perf_counter() - t0
+
+
 def _row(name: str, kind: str, layer: str, recall: float, rate: float, floor: float, **extra: Any) -> dict[str, Any]:
     return {"index": name, "kind": kind, "layer": layer, "recall_at_10": round(recall, 4), "qps": round(rate, 1),
             "ratio_to_floor": round(rate / floor, 2), **extra}
@@ -114,16 +123,9 @@ def run_benchmark(plan: Plan, with_gpu: bool = False) -> dict[str, Any]:
     flat_qps = qps(lambda one: flat.search(one, K), timed[: max(50, plan.timed_queries // 10)])
     rows.append(_row("IndexFlatIP (exact)", "flat", "faiss", 1.0, flat_qps, flat_qps, build_s=0.0))
 
-    def item_index(config: IndexConfig) -> tuple[ItemIndex, float]:
-        index = ItemIndex(config)
-        index.upsert(ids, x)
-        t0 = time.perf_counter()
-        index.rebuild()
-        return index, time.perf_counter() - t0
-
     log("HNSW32 (efConstruction 80), 1 build thread")
     hnsw_cfg = IndexConfig(dim=plan.dim, kind="hnsw", use_gpu="never", auto_rebuild=False)
-    hnsw, hnsw_build = item_index(hnsw_cfg)
+    hnsw, hnsw_build = item_index(hnsw_cfg, ids, x)
     raw = hnsw._main.backend.index  # the FAISS index itself, for the faiss-only rows
     for ef in plan.ef_searches:
         raw.hnsw.efSearch = ef
@@ -136,7 +138,7 @@ def run_benchmark(plan: Plan, with_gpu: bool = False) -> dict[str, Any]:
 
     log(f"IVF{plan.ivf_lists} (flat lists), 1 build thread")
     ivf, ivf_build = item_index(IndexConfig(dim=plan.dim, kind="ivf", ivf_lists=plan.ivf_lists, use_gpu="never",
-                                            auto_rebuild=False))
+                                            auto_rebuild=False), ids, x)
     raw_ivf = ivf._main.backend.index
     for nprobe in plan.nprobes:
         raw_ivf.nprobe = nprobe
@@ -144,7 +146,7 @@ def run_benchmark(plan: Plan, with_gpu: bool = False) -> dict[str, Any]:
                          qps(lambda one: raw_ivf.search(one, K), timed), flat_qps, build_s=round(ivf_build, 1)))
     ivf.close()
 
-    gpu_rows = _gpu_rows(plan, x, q, truth, timed, flat_qps) if with_gpu else []
+    gpu_rows = _gpu_rows(plan, ids, x, q, truth, timed, flat_qps) if with_gpu else []
 
     log(f"churn through ItemIndex: {plan.churn:,} replacements, {plan.removals:,} removals, no rebuild")
     rng = np.random.default_rng(plan.seed + 1)
@@ -212,7 +214,7 @@ def run_benchmark(plan: Plan, with_gpu: bool = False) -> dict[str, Any]:
     }
 
 
-def _gpu_rows(plan: Plan, x: np.ndarray, q: np.ndarray, truth: np.ndarray, timed: np.ndarray,
+def _gpu_rows(plan: Plan, ids: list[str], x: np.ndarray, q: np.ndarray, truth: np.ndarray, timed: np.ndarray,
               floor: float) -> list[dict[str, Any]]:
     """ItemIndex on the GPU (what ``use_gpu="auto"`` builds there); empty without one."""
     if gpu_count() == 0:
@@ -220,12 +222,8 @@ def _gpu_rows(plan: Plan, x: np.ndarray, q: np.ndarray, truth: np.ndarray, timed
         return []
     rows = []
     for kind in ("hnsw", "ivf"):
-        index = ItemIndex(IndexConfig(dim=plan.dim, kind=kind, ivf_lists=plan.ivf_lists, use_gpu="always",
-                                      auto_rebuild=False))
-        index.upsert(_ids("i", plan.n), x)
-        t0 = time.perf_counter()
-        index.rebuild()
-        build = time.perf_counter() - t0
+        index, build = item_index(IndexConfig(dim=plan.dim, kind=kind, ivf_lists=plan.ivf_lists, use_gpu="always",
+                                              auto_rebuild=False), ids, x)
         name = index.stats()["index"]
         rows.append(_row(name, kind, "ItemIndex (GPU)", index_recall(index, q, K),
                          qps(lambda one: index.search(one, K), timed), floor, build_s=round(build, 2)))

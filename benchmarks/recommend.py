@@ -132,11 +132,7 @@ def measure_floor(repo: Path, rw: Any, vectors: np.ndarray, users: Sequence[str]
         i += 1
     faiss_stats = chosen_index_recall(index, np.vstack(queries))
     index.close()
-    arr = np.asarray(lat)
-    return {"requests": len(lat), "throughput_rps_1_thread": round(float(len(lat) / arr.sum()), 1),
-            "p50_ms": round(float(np.percentile(arr, 50)) * 1000, 3),
-            "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3), "candidates": candidates,
-            "faiss": faiss_stats}
+    return latency_summary(lat) | {"candidates": candidates, "faiss": faiss_stats}
 
 
 def chosen_index_recall(index: Any, queries: np.ndarray, k: int = 10) -> dict[str, Any]:
@@ -144,20 +140,13 @@ def chosen_index_recall(index: Any, queries: np.ndarray, k: int = 10) -> dict[st
     tower vectors, with batch-1 single-thread QPS of both (the flat index is the floor)."""
     import faiss
 
+    from benchmarks.faiss_index import qps
     from engine.retrieval.evaluation import index_recall
 
     _, vectors = index.items()
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    perf = time.perf_counter
-
-    def rate(search: Any) -> float:
-        t = perf()
-        for q in queries:
-            search(q[None, :])
-        return len(queries) / (perf() - t)
-
-    ours, floor = rate(lambda q: index.search(q, k)), rate(lambda q: flat.search(q, k))
+    ours, floor = qps(lambda q: index.search(q, k), queries), qps(lambda q: flat.search(q, k), queries)
     return {"index": index.config.kind, "items": int(len(vectors)), "queries": int(len(queries)),
             "recall_at_10": round(index_recall(index, queries, k), 4), "qps": round(ours, 1),
             "flat_qps": round(floor, 1), "ratio_to_floor": round(ours / floor, 2)}
@@ -190,8 +179,14 @@ def funnel_inprocess(repo: Path, rw: Any, vectors: np.ndarray, users: Sequence[s
             i += 1
         return lat
 
-    arr = np.asarray(asyncio.run(run()))
+    lat = asyncio.run(run())
     index.close()
+    return latency_summary(lat)
+
+
+def latency_summary(lat: Sequence[float]) -> dict[str, Any]:
+    """Requests, single-thread throughput and p50/p99 (ms) of back-to-back calls' latencies (s)."""
+    arr = np.asarray(lat)
     return {"requests": len(arr), "throughput_rps_1_thread": round(float(len(arr) / arr.sum()), 1),
             "p50_ms": round(float(np.percentile(arr, 50)) * 1000, 3),
             "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3)}
