@@ -74,6 +74,16 @@ class _BuildPlan:
     delta_vectors: np.ndarray
 
 
+def _live(plan: _BuildPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The live ``(ids, vectors)`` of a capture, main segment first (new arrays)."""
+    delta_ids = np.empty(plan.delta_n, dtype=object)
+    delta_ids[:] = plan.delta.ids[:plan.delta_n]
+    ids = np.concatenate([plan.main.ids[plan.main_alive], delta_ids[plan.delta_alive]])
+    vectors = np.ascontiguousarray(np.concatenate([plan.main.vectors[plan.main_alive],
+                                                   plan.delta_vectors[plan.delta_alive]]))
+    return ids, vectors
+
+
 class ItemIndex:
     """Thread-safe; searches never block on updates or rebuilds for long (see the module docstring).
 
@@ -281,12 +291,14 @@ class ItemIndex:
 
     def items(self) -> tuple[list[str], np.ndarray]:
         """Every live item: ``(ids, vectors)`` (a copy; for exact-search evaluation and exports)."""
+        ids, vectors = _live(self._capture())
+        return ids.tolist(), vectors
+
+    def _capture(self) -> _BuildPlan:
+        """References to the segments and copies of their tombstones (small), under the lock."""
         with self._lock:
             main, delta, n = self._main, self._delta, self._delta.n
-            main_alive, delta_alive = main.alive.copy(), delta.alive[:n].copy()
-            delta_ids, delta_vectors = delta.ids[:n], delta.vectors[:n]
-        ids = list(main.ids[main_alive]) + [i for i, a in zip(delta_ids, delta_alive) if a]
-        return ids, np.concatenate([main.vectors[main_alive], delta_vectors[delta_alive]])
+            return _BuildPlan(main, delta, n, main.alive.copy(), delta.alive[:n].copy(), delta.vectors[:n])
 
     def __len__(self) -> int:
         return len(self._metas)
@@ -352,21 +364,14 @@ class ItemIndex:
     def rebuild(self) -> None:
         """Build a main segment from everything live and swap it in (synchronous)."""
         with self._build_lock:
-            with self._lock:
-                main, delta = self._main, self._delta
-                n = delta.n
-                plan = _BuildPlan(main, delta, n, main.alive.copy(), delta.alive[:n].copy(), delta.vectors[:n])
+            plan = self._capture()
             segment, positions = self._build(plan)
             with self._lock:
                 self._swap(plan, segment, positions)
 
     def _build(self, plan: _BuildPlan) -> tuple[MainSegment, dict[str, int]]:
         started = time.perf_counter()
-        delta_ids = np.empty(plan.delta_n, dtype=object)
-        delta_ids[:] = plan.delta.ids[:plan.delta_n]
-        ids = np.concatenate([plan.main.ids[plan.main_alive], delta_ids[plan.delta_alive]])
-        vectors = np.ascontiguousarray(np.concatenate([plan.main.vectors[plan.main_alive],
-                                                       plan.delta_vectors[plan.delta_alive]]))
+        ids, vectors = _live(plan)
         vectors.setflags(write=False)
         backend = build_backend(self.config, vectors, self._gpu) if len(ids) else None
         positions = {item_id: pos for pos, item_id in enumerate(ids.tolist())}
