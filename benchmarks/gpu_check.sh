@@ -11,7 +11,7 @@
 # python3 is 3.12 (the project's venv is 3.11 and ~1 GB) and only 64 MiB travel per call. Its
 # image already holds numpy, onnx, PyYAML, psutil, prometheus-client and the CUDA 13 / cuDNN 9
 # libraries (PyTorch's nvidia-* wheels), but neither onnxruntime-gpu nor pydantic nor grpc's
-# health/reflection packages. So --prepare downloads exactly those (pinned as in pyproject.toml,
+# health/reflection packages, orjson, datasketches, confluent-kafka and redis. So --prepare downloads exactly those (pinned as in pyproject.toml,
 # for CPython 3.12), unpacks them into one tree, compresses it (xz) and splits it into parts of
 # < 60 MiB under build/gpu/parts/ (build/ is git-ignored). Each device call carries one part and
 # runs --stage, which copies it to /tmp/rtml-gpu/parts (kept while the machine stays warm); the
@@ -35,6 +35,8 @@ WHEELS=(
   onnxruntime-gpu==1.31.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
   typing-inspection==0.4.5 typing-extensions==4.16.0 grpcio==1.85.3 grpcio-health-checking==1.81.1
   grpcio-reflection==1.81.1 protobuf==6.33.6 prometheus-client==0.26.0
+  # The server imports these too (bandit rewards, event codecs, feature sketches).
+  orjson==3.13.0 datasketches==5.2.0 confluent-kafka==2.16.1 redis==8.1.0 hiredis==3.5.0
 )
 
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
