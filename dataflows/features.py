@@ -22,7 +22,7 @@ from engine.features.aggregates import ViewProgram
 from engine.features.spec import FeatureView, views_from_config
 from engine.metrics import PipelineMetrics
 from engine.runtime.gc_tuning import tune_gc
-from operators.aggregate import AggregateSettings, ShardLogic, ShardOutput
+from operators.aggregate import AggregateSettings, FlushPacer, ShardLogic, ShardOutput
 from operators.route import Router
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
 from operators.sources import FileBatchSource, KafkaBatchSource
@@ -71,12 +71,14 @@ def build_features_flow(
         raise ValueError("build_features_flow needs kafka.bootstrap and redis.url (start a LocalStack first)")
     p = cfg.pipeline
     programs = {v.name: ViewProgram(v) for v in views}
-    router = Router(list(programs.values()), p.shards_per_view)
+    router = Router(list(programs.values()), p.shards_per_view, p.catch_up_backlog)
     settings = AggregateSettings(
         p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms, p.source_idle_ms,
         sources=tuple(source.source_ids()),
     )
 
+    # One per process: its shards and its Redis sink share the CPU, and so the flush budget.
+    pacer = FlushPacer(p.flush_interval_ms / 1000, p.flush_share)
     flow = Dataflow("rtml_features")
     raw = op.input("events", flow, source)
     # Partitions rarely split evenly over processes (3 over 2): spread the batches so every
@@ -84,12 +86,12 @@ def build_features_flow(
     spread = op.redistribute("spread", raw)
     checked = op.map("validate", spread, lambda b: validate_batch(b, max_future_ms=p.max_future_ms, metrics=metrics))
     invalid = op.flat_map("invalid", checked, lambda v: v.dead)
-    routed = op.flat_map("route", checked, lambda v: router.route(v.events))
+    routed = op.flat_map("route", checked, lambda v: router.route(v))
     keyed = op.stateful_batch(
-        "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock)
+        "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock, pacer)
     )
     results = op.map("unkey", keyed, _with_shard)
-    op.output("online", results, RedisFeatureSink(cfg.redis.url, views, cfg.redis.key_prefix, metrics))
+    op.output("online", results, RedisFeatureSink(cfg.redis.url, views, cfg.redis.key_prefix, metrics, pacer))
     op.output(
         "offline",
         results,

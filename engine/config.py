@@ -67,6 +67,10 @@ class PipelineConfig(_Section):
     shards_per_view: int = Field(8, ge=1)
     # Coalesce running-feature writes to Redis at most this often per shard.
     flush_interval_ms: int = Field(20, ge=0)
+    # A batch read with this many messages still waiting in its partition is catch-up: writes
+    # of running features are then spaced so that they take at most flush_share of the CPU.
+    catch_up_backlog: int = Field(10_000, ge=1)
+    flush_share: float = Field(0.25, gt=0, le=1)
     offline_dir: str | None = None  # None: <data_dir>/offline
     recovery: bool = True  # Bytewax snapshots: restart resumes state and offsets
     recovery_dir: str | None = None  # None: <data_dir>/recovery

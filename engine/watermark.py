@@ -20,7 +20,10 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Protocol
+from itertools import repeat
+from typing import Any, Hashable, Iterable, Protocol, Sequence
+
+import numpy as np
 
 
 class WatermarkTiming(Protocol):
@@ -79,6 +82,58 @@ class SourceWatermark:
             if self.max_event_ms is None or t > self.max_event_ms:
                 self.max_event_ms = t
                 self.wall_at_max = wall_now
+
+    def observe_rows(
+        self, times: Iterable[int], sources: Iterable[Hashable], wall_now: float, allowed_lateness_ms: int
+    ) -> list[int]:
+        """Observe events in arrival order; return the positions of the late ones (not observed).
+
+        An event is late when its time is before ``watermark - allowed_lateness_ms``, with the
+        watermark as it stands when the event arrives: it moves within the batch as the slowest
+        source moves, never below its value at the start of the batch.
+        """
+        late: list[int] = []
+        wm = self.watermark_ms(wall_now)
+        high = wm if wm is not None else -(2**62)
+        threshold = None if wm is None else wm - allowed_lateness_ms
+        slowest = None if wm is None else self.slowest_source_ms(wall_now)
+        source_max, source_seen = self.source_max, self.source_seen
+        max_t = self.max_event_ms
+        for i, (t, source) in enumerate(zip(times, sources)):
+            if threshold is not None and t < threshold:
+                late.append(i)
+                continue
+            source_seen[source] = wall_now
+            cur = source_max.get(source)
+            if cur is None or t > cur:
+                source_max[source] = t
+                if max_t is None or t > max_t:
+                    max_t = self.max_event_ms = t
+                    self.wall_at_max = wall_now
+                if cur is None or cur == slowest:  # only then can the slowest source move
+                    slowest = self.slowest_source_ms(wall_now)
+                    if slowest is not None:
+                        threshold = max(high, slowest - self.out_of_orderness_ms) - allowed_lateness_ms
+        return late
+
+    def observe_source(
+        self, source: Hashable, times: np.ndarray, wall_now: float, allowed_lateness_ms: int
+    ) -> np.ndarray:
+        """:meth:`observe_rows` for events of one source as an int64 array; late positions.
+
+        When no event can be late (every time is at or after the highest threshold the batch
+        could raise), the batch is observed at once; otherwise row by row.
+        """
+        if not len(times):
+            return np.empty(0, np.int64)
+        wm = self.watermark_ms(wall_now)
+        if wm is not None:
+            t_max = int(times.max())
+            newest = t_max if self.max_event_ms is None else max(self.max_event_ms, t_max)
+            if int(times.min()) >= max(wm, newest - self.out_of_orderness_ms) - allowed_lateness_ms:
+                self.observe(source, t_max, wall_now)
+                return np.empty(0, np.int64)
+        return np.asarray(self.observe_rows(times.tolist(), repeat(source), wall_now, allowed_lateness_ms), np.int64)
 
     def heard(self, source: Hashable, wall_now: float) -> None:
         """``source`` is alive (e.g. it delivered only records without event time)."""

@@ -10,6 +10,7 @@ from typing import Any, Callable, Hashable
 from bytewax.operators import StatefulBatchLogic
 
 from engine.features.aggregates import ViewProgram
+from engine.features.columnar import ColumnarShard, ShardBatch
 from engine.features.shard import RunningValues, Row, ShardAggregator
 from operators.validate import Origin
 
@@ -41,22 +42,55 @@ class AggregateSettings:
 
 # How often an idle shard wakes to let wall-clock time close windows (idle_advance only).
 _IDLE_TICK_S = 1.0
-# Under load, wait at least this many times the last flush's compute time before the next
-# one: computing + writing running values (writing costs ~2x computing) then takes under
-# ~10% of the time, and the longer gap coalesces more events per entity write. At low
-# rates flush_interval_ms rules, so freshness is unaffected.
-_FLUSH_BACKOFF = 40.0
 
 
-# A routed item: the view's name and a batch of its rows for one shard.
-ShardInput = tuple[str, list[Row]]
+class FlushPacer:
+    """Spaces the flushes of a process's shards so that flushing takes at most ``share`` of its time.
+
+    A flush (computing running values, then the sink writing them to Redis) costs about
+    ``compute + entities x write cost per entity``. Each shard waits ``cost x shards / share``
+    after a flush, never less than ``min_gap_s``, so all shards of the process together spend
+    at most ``share`` of it flushing. While the input rate times the write cost per entity
+    stays below ``share`` (live traffic), the gap settles at ``min_gap_s`` and features stay
+    fresh; above it (catching up on a backlog) the gap grows until every entity of a shard is
+    dirty, and each write then coalesces many events. One pacer is shared by the shards and
+    the Redis sink of a process (they run on its workers, which share a CPU).
+    """
+
+    def __init__(self, min_gap_s: float, share: float = 0.25) -> None:
+        self.min_gap_s = min_gap_s
+        self.share = share
+        self.write_s_per_entity = 0.0
+        self._shards = 0
+
+    def register_shard(self) -> None:
+        self._shards += 1
+
+    def record_write(self, entities: int, seconds: float) -> None:
+        """The sink wrote ``entities`` hashes in ``seconds`` (moving average per entity)."""
+        if entities:
+            per = seconds / entities
+            w = self.write_s_per_entity
+            self.write_s_per_entity = per if w == 0.0 else 0.8 * w + 0.2 * per
+
+    def gap(self, compute_s: float, entities: int) -> float:
+        """Seconds a shard waits after a flush that took ``compute_s`` and wrote ``entities``."""
+        cost = compute_s + entities * self.write_s_per_entity
+        return max(self.min_gap_s, cost * max(1, self._shards) / self.share)
+
+
+# A routed item: the view's name, its events for one shard as rows (ShardAggregator) or as
+# columns (ColumnarShard, for views whose measures are all numbers), and whether the batch
+# was read while catching up on a backlog.
+ShardInput = tuple[str, list[Row] | ShardBatch, bool]
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
     """Folds batches into a shard; writes of running values are coalesced per flush interval.
 
     Bytewax's builder does not see the key, so the view is learnt from the first item
-    (or from the resume state) and the aggregator is created then.
+    (or from the resume state) and the aggregator is created then: a :class:`ColumnarShard`
+    when every measure of the view is a number, else a :class:`ShardAggregator`.
     """
 
     def __init__(
@@ -65,21 +99,27 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         settings: AggregateSettings,
         resume: dict[str, Any] | None,
         clock: Callable[[], float] = time.time,
+        pacer: FlushPacer | None = None,
     ) -> None:
         self.clock = clock
+        self._pacer = pacer or FlushPacer(settings.flush_interval_ms / 1000)
+        self._pacer.register_shard()
         self.settings = settings
         self._programs = programs
-        self._shard: ShardAggregator | None = None
+        self._shard: ShardAggregator | ColumnarShard | None = None
         self._view = ""
         if resume is not None:
             self._init(resume["view"]).restore(resume["state"], clock())
         self._last_flush = 0.0
         self._flush_gap = settings.flush_interval_ms / 1000
+        self._catching_up = False
 
-    def _init(self, view: str) -> ShardAggregator:
+    def _init(self, view: str) -> ShardAggregator | ColumnarShard:
         self._view = view
-        self._shard = ShardAggregator(
-            self._programs[view],
+        program = self._programs[view]
+        kind = ColumnarShard if program.vectorisable else ShardAggregator
+        self._shard = kind(
+            program,
             out_of_orderness_ms=self.settings.out_of_orderness_ms,
             allowed_lateness_ms=self.settings.allowed_lateness_ms,
             idle_advance=self.settings.idle_advance,
@@ -90,7 +130,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         return self._shard
 
     @property
-    def shard(self) -> ShardAggregator:
+    def shard(self) -> ShardAggregator | ColumnarShard:
         assert self._shard is not None, "shard used before its first batch"
         return self._shard
 
@@ -100,8 +140,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         if self.shard.has_dirty and now - self._last_flush >= self._flush_gap:
             started = time.perf_counter()
             out.running = self.shard.running(self.shard.take_dirty(), now)
-            cost = time.perf_counter() - started
-            self._flush_gap = max(self.settings.flush_interval_ms / 1000, _FLUSH_BACKOFF * cost)
+            compute_s = time.perf_counter() - started
+            # Live: every flush_interval_ms, for freshness. Catching up: paced by cost, so
+            # that each write coalesces many events (freshness means little while behind).
+            self._flush_gap = (
+                self._pacer.gap(compute_s, len(out.running)) if self._catching_up else self._pacer.min_gap_s
+            )
             self._last_flush = now
         out.closed = self.shard.close_windows(now)
         out.watermark_ms = self.shard.watermark_ms(now)
@@ -113,8 +157,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             self._init(values[0][0])
         before = self.shard.accepted
         late: list[Origin] = []
-        for _, rows in values:
-            late.extend(self.shard.ingest(rows, now))  # type: ignore[arg-type]
+        behind = False
+        for _, events, batch_behind in values:
+            late.extend(self.shard.ingest(events, now))  # type: ignore[arg-type]
+            behind = behind or batch_behind
+        if behind != self._catching_up:
+            self._catching_up = behind
+            if not behind:  # caught up: back to live spacing at once, not after a long paced gap
+                self._flush_gap = self._pacer.min_gap_s
         return [self._emit(now, late, self.shard.accepted - before)], False
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:

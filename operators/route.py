@@ -4,62 +4,116 @@ Each view's entities are spread over ``shards`` keys by a stable hash (crc32,
 identical in every process), so a dataflow has ``views x shards`` stateful keys
 whatever the number of entities: per-key overhead stays constant while each key
 aggregates thousands of entities per call.
+
+A view whose measures are all numbers (:attr:`ViewProgram.vectorisable`) gets its
+events as a :class:`ShardBatch` of columns for the array shard
+(engine/features/columnar.py); other views get rows for :class:`ShardAggregator`.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from engine.events.schemas import Interaction
+import numpy as np
+
+from engine.events.columns import InteractionColumns
 from engine.features.aggregates import ViewProgram
+from engine.features.columnar import ShardBatch
 from engine.features.shard import Row
-from operators.validate import Origin
+from operators.aggregate import ShardInput
+from operators.validate import ValidatedBatch
 
-# Entity -> shard key memo per view; cleared when it grows past this (it is only a cache).
+# Entity -> shard number memo per view; cleared when it grows past this (it is only a cache).
 _MEMO_LIMIT = 1_000_000
+
+
+def shard_of(entity: str, shards: int) -> int:
+    """Shard number of ``entity`` (stable across processes and runs)."""
+    return zlib.crc32(entity.encode()) % shards
 
 
 def shard_key(view: str, entity: str, shards: int) -> str:
     """Stateful key of the shard that owns ``entity`` of ``view``."""
-    return f"{view}#{zlib.crc32(entity.encode()) % shards}"
+    return f"{view}#{shard_of(entity, shards)}"
 
 
 class Router:
-    """Groups each batch's events into ``(shard key, (view, rows))`` items.
+    """Groups each batch's events into ``(shard key, (view, rows or columns, behind))`` items.
 
+    ``behind``: the batch was read with at least ``catch_up_backlog`` messages still waiting.
+
+    >>> from engine.events.schemas import Interaction
     >>> from engine.features.spec import FeatureView
+    >>> from operators.validate import Origins
     >>> view = FeatureView.from_dict({"name": "u", "entity": "user_id", "windows": {"1h": "1h"},
     ...     "features": [{"name": "n", "agg": "count"}]})
-    >>> event = Interaction("u1", "i1", "click", 1_767_225_600_000, {})
-    >>> Router([ViewProgram(view)], shards=4).route([(event, ("events", 0, 7, b"{}", ()))])
-    [('u#2', ('u', [('u1', 1767225600000, (1,), ('events', 0), ('events', 0, 7, b'{}', ()))]))]
+    >>> batch = ValidatedBatch(InteractionColumns.from_events([Interaction("u1", "i1", "click", 1_767_225_600_000, {})]),
+    ...                        Origins("events", 0, [7], [b"{}"], [None]))
+    >>> [(key, view, b.entities, b.times.tolist(), b.refs[0]) for key, (view, b, _) in
+    ...  Router([ViewProgram(view)], shards=4).route(batch)]
+    [('u#2', 'u', ['u1'], [1767225600000], ('events', 0, 7, b'{}', ()))]
     """
 
-    def __init__(self, programs: Sequence[ViewProgram], shards: int) -> None:
+    def __init__(self, programs: Sequence[ViewProgram], shards: int, catch_up_backlog: int = 10_000) -> None:
         self.programs = list(programs)
         self.shards = shards
-        self._memo: list[dict[str, str]] = [{} for _ in self.programs]
+        self.catch_up_backlog = catch_up_backlog
+        self._memo: list[dict[str, int]] = [{} for _ in self.programs]
+        self._keys = [[f"{p.view.name}#{s}" for s in range(shards)] for p in self.programs]
 
-    def route(self, events: Iterable[tuple[Interaction, Origin]]) -> list[tuple[str, tuple[str, list[Row]]]]:
-        """One item per touched shard, rows in arrival order."""
-        grouped: dict[str, list[Row]] = {}
-        plans = list(zip(self.programs, self._memo))
-        for event, origin in events:
-            source = (origin[0], origin[1])  # topic, partition: each holds the watermark separately
-            for program, memo in plans:
-                if not program.accepts(event.event_type):
-                    continue
-                entity = program.entity_key(event)
-                if entity is None:
-                    continue
-                key = memo.get(entity)
-                if key is None:
-                    if len(memo) >= _MEMO_LIMIT:
-                        memo.clear()
-                    key = memo[entity] = shard_key(program.view.name, entity, self.shards)
-                rows = grouped.get(key)
-                if rows is None:
-                    rows = grouped[key] = []
-                rows.append((entity, event.event_time, program.inputs(event), source, origin))
-        return [(key, (key.split("#", 1)[0], rows)) for key, rows in grouped.items()]
+    def route(self, batch: ValidatedBatch) -> list[tuple[str, ShardInput]]:
+        """One item per touched shard and view, events in arrival order."""
+        out: list[tuple[str, ShardInput]] = []
+        events, origins = batch.events, batch.origins
+        if not len(events):
+            return out
+        source = (origins.topic, origins.partition)  # each partition holds the watermark separately
+        behind = batch.backlog >= self.catch_up_backlog
+        for program, memo, keys in zip(self.programs, self._memo, self._keys):
+            positions, entities = self._select(program, events)
+            if not positions:
+                continue
+            shard_nos = [memo.get(e, -1) for e in entities]
+            if -1 in shard_nos:
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.clear()
+                for i, s in enumerate(shard_nos):
+                    if s == -1:
+                        e = entities[i]
+                        s = shard_nos[i] = memo[e] = shard_of(e, self.shards)
+            name = program.view.name
+            if program.vectorisable:
+                chosen = events if len(positions) == len(events) else events.take(positions)
+                times = np.asarray(chosen.event_time, np.int64)
+                inputs = program.input_matrix(chosen)
+                codes = np.asarray(shard_nos, np.int64)
+                for s in np.unique(codes).tolist():
+                    at = np.flatnonzero(codes == s)
+                    idx = at.tolist()
+                    shard_batch = ShardBatch([entities[i] for i in idx], times[at], inputs[at], source,
+                                             origins.take([positions[i] for i in idx]))
+                    out.append((keys[s], (name, shard_batch, behind)))
+            else:
+                grouped: dict[int, list[Row]] = {}
+                for p, e, s in zip(positions, entities, shard_nos):
+                    ev = events.row(p)
+                    rows = grouped.get(s)
+                    if rows is None:
+                        rows = grouped[s] = []
+                    rows.append((e, ev.event_time, program.inputs(ev), source, origins[p]))
+                out += [(keys[s], (name, rows, behind)) for s, rows in grouped.items()]
+        return out
+
+    @staticmethod
+    def _select(program: ViewProgram, events: InteractionColumns) -> tuple[list[int], list[str]]:
+        """Positions of the events the view takes, and their entities."""
+        keys = program.entity_column(events)
+        allowed = program.event_types
+        if allowed is None:
+            if None not in keys:
+                return list(range(len(keys))), keys  # type: ignore[return-value]
+            pairs = [(i, e) for i, e in enumerate(keys) if e is not None]
+        else:
+            pairs = [(i, e) for i, (e, t) in enumerate(zip(keys, events.event_type)) if t in allowed and e is not None]
+        return [i for i, _ in pairs], [e for _, e in pairs]

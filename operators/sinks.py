@@ -21,7 +21,7 @@ from engine.features.online import OnlineStore
 from engine.features.spec import FeatureView
 from engine.learning.records import JoinedExample
 from engine.metrics import LearningMetrics, PipelineMetrics, SourceMetrics
-from operators.aggregate import ShardOutput
+from operators.aggregate import FlushPacer, ShardOutput
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ def _wait_delivered(flush: Callable[[float], int], what: str) -> None:
 
 
 class _RedisPartition(StatelessSinkPartition[ShardOutput]):
-    def __init__(self, url: str, views: Sequence[FeatureView], prefix: str, metrics: PipelineMetrics | None):
+    def __init__(self, url: str, views: Sequence[FeatureView], prefix: str, metrics: PipelineMetrics | None,
+                 pacer: FlushPacer | None):
         self._store = OnlineStore(redis.Redis.from_url(url), views, prefix)
         self._metrics = metrics
+        self._pacer = pacer
 
     def write_batch(self, items: list[ShardOutput]) -> None:
         by_view: dict[str, list] = {}
@@ -79,9 +81,12 @@ class _RedisPartition(StatelessSinkPartition[ShardOutput]):
 
         # Values are absolute, so a retried write can never double count.
         started, wall_ms = _retry_redis(attempt, f"redis write for view {view}", count_error)
+        took = time.perf_counter() - started
+        if self._pacer is not None:
+            self._pacer.record_write(len(rows), took)
         if self._metrics is not None:
             m = self._metrics
-            m.redis_write_seconds.labels(view).observe(time.perf_counter() - started)
+            m.redis_write_seconds.labels(view).observe(took)
             m.features_written.labels(view).inc(len(rows))
             hist = m.freshness_seconds.labels(view)
             for row in rows:
@@ -90,13 +95,17 @@ class _RedisPartition(StatelessSinkPartition[ShardOutput]):
 
 
 class RedisFeatureSink(DynamicSink[ShardOutput]):
-    """Writes running feature values, one pipelined round trip per batch and view."""
+    """Writes running feature values, one pipelined round trip per batch and view.
 
-    def __init__(self, url: str, views: Sequence[FeatureView], prefix: str, metrics: PipelineMetrics | None = None):
-        self.url, self.views, self.prefix, self.metrics = url, list(views), prefix, metrics
+    With a ``pacer``, reports each write's cost to it (the shards space their flushes by it).
+    """
+
+    def __init__(self, url: str, views: Sequence[FeatureView], prefix: str, metrics: PipelineMetrics | None = None,
+                 pacer: FlushPacer | None = None):
+        self.url, self.views, self.prefix, self.metrics, self.pacer = url, list(views), prefix, metrics, pacer
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        return _RedisPartition(self.url, self.views, self.prefix, self.metrics)
+        return _RedisPartition(self.url, self.views, self.prefix, self.metrics, self.pacer)
 
 
 class _OfflinePartition(StatelessSinkPartition[ShardOutput]):

@@ -31,11 +31,17 @@ RawMessage = tuple[int, bytes | None, list[tuple[str, bytes]] | None]
 
 @dataclass(slots=True)
 class RawBatch:
-    """Messages of one source partition, in order."""
+    """Messages of one source partition, in order.
+
+    ``backlog``: how many messages of the partition were still waiting after this batch
+    (from the high watermark of the last fetch response; 0 when unknown). Downstream steps
+    tell catching up from keeping up by it.
+    """
 
     topic: str
     partition: int
     messages: list[RawMessage]
+    backlog: int = 0
 
 
 class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
@@ -65,6 +71,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._idle_until = 0.0
         self._next_lag_check = 0.0
         self._labels = (topic, str(partition))
+        self._tp = TopicPartition(topic, partition)
         if metrics is not None:
             metrics.input_position.labels(*self._labels).set(offset if offset >= 0 else 0)
 
@@ -95,20 +102,23 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             if self._metrics is not None:
                 self._metrics.events_in.labels(self._topic).inc(len(out))
                 self._metrics.input_position.labels(*self._labels).set(self._offset)
+        backlog = self._backlog() if (out or now >= self._next_lag_check) else 0
         if self._metrics is not None and now >= self._next_lag_check:
             self._next_lag_check = now + 1.0
-            try:
-                # cached=True reads the high watermark from the last fetch response: no
-                # broker round trip on the dataflow thread (that stalled batches by ms).
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, self._partition), cached=True
-                )
-                self._metrics.input_lag.labels(*self._labels).set(max(0, high - self._offset))
-            except Exception:  # noqa: BLE001 - lag is best effort; never stop the source
-                pass
+            self._metrics.input_lag.labels(*self._labels).set(backlog)
         # An empty poll backs off briefly so an idle source does not spin a core.
         self._idle_until = 0.0 if out else now + 0.005
-        return [RawBatch(self._topic, self._partition, out)] if out else []
+        return [RawBatch(self._topic, self._partition, out, backlog)] if out else []
+
+    def _backlog(self) -> int:
+        """Messages after the read position (0 when unknown)."""
+        try:
+            # cached=True reads the high watermark from the last fetch response: no broker
+            # round trip on the dataflow thread (that stalled batches by ms).
+            _, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        except Exception:  # noqa: BLE001 - lag is best effort; never stop the source
+            return 0
+        return max(0, high - self._offset) if self._offset >= 0 else 0
 
     def next_awake(self) -> datetime | None:
         if self._idle_until:
@@ -205,8 +215,9 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         if self._pos >= len(self._lines):
             raise StopIteration()
         chunk = self._lines[self._pos : self._pos + self._batch_size]
-        batch = RawBatch(str(self._path), 0, [(self._pos + i, line, None) for i, line in enumerate(chunk)])
         self._pos += len(chunk)
+        batch = RawBatch(str(self._path), 0, [(self._pos - len(chunk) + i, line, None) for i, line in enumerate(chunk)],
+                         backlog=len(self._lines) - self._pos)
         if self._metrics is not None:
             self._metrics.events_in.labels(batch.topic).inc(len(chunk))
         return [batch]

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import datasketches
+import numpy as np
 
 from engine.features.keys import composite_key
 from engine.features.spec import Agg, Feature, FeatureView
@@ -34,6 +35,9 @@ HLL_LG_K = 12  # ~1.6% relative standard error, 4 KiB at most per sketch
 COUNT, SUM, NUM, MIN, MAX, LAST, LAST_STR, HLL = "count", "sum", "num", "min", "max", "last", "last_str", "hll"
 
 Getter = Callable[[Any], Any]
+
+#: Measure kinds whose partials are plain numbers, folded and merged as arrays (engine/features/columnar.py).
+ARRAY_KINDS = frozenset({COUNT, SUM, NUM, MIN, MAX, LAST})
 
 
 def field_getter(path: str) -> Getter:
@@ -55,6 +59,41 @@ def field_getter(path: str) -> Getter:
         return event.get(path) if event.__class__ is dict else getattr(event, path, None)
 
     return get_top
+
+
+# Types a ``where`` value is compared as (anything else never matches, as in the row path).
+_HASHABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _none_for_nan(values: np.ndarray) -> list[Any]:
+    """Python values of an array, None where NaN (ints stay ints)."""
+    out = values.tolist()
+    if values.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(values))
+        for i in missing.tolist():
+            out[i] = None
+    return out
+
+
+class FieldColumns(Protocol):
+    """Events read a field at a time (:class:`engine.events.columns.InteractionColumns`)."""
+
+    def __len__(self) -> int: ...
+    def field(self, path: str) -> list[Any]: ...
+
+
+class EventRows:
+    """A list of events (mappings or schema objects) as :class:`FieldColumns` (tests, tools)."""
+
+    def __init__(self, events: Sequence[Any]) -> None:
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def field(self, path: str) -> list[Any]:
+        get = field_getter(path)
+        return [get(e) for e in self.events]
 
 
 def _is_number(value: Any) -> bool:
@@ -199,6 +238,11 @@ class ViewProgram:
             parts.append(str(value))
         return composite_key(parts)
 
+    @property
+    def event_types(self) -> frozenset[str] | None:
+        """The event types the view takes (None: all)."""
+        return self._event_types
+
     def accepts(self, event_type: str) -> bool:
         """The view's source filter."""
         return self._event_types is None or event_type in self._event_types
@@ -215,6 +259,99 @@ class ViewProgram:
         else:
             passed = [pred(event) for pred in self._where_preds]
         return tuple([fn(event, passed) for fn in self._inputs])
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kind of each measure slot, in order."""
+        return self._kinds
+
+    @property
+    def vectorisable(self) -> bool:
+        """Whether every measure is numeric, so a shard can hold partials as arrays."""
+        return all(k in ARRAY_KINDS for k in self._kinds)
+
+    def entity_column(self, events: FieldColumns) -> list[str | None]:
+        """:meth:`entity_key` of every event."""
+        if len(self.view.entity) == 1:
+            values = events.field(self.view.entity[0])
+            if values and set(map(type, values)) == {str} and min(map(len, values)) > 0:
+                return values  # the common case: validated ids
+            return [None if v is None or v == "" else str(v) for v in values]
+        parts = [events.field(f) for f in self.view.entity]
+        return [
+            None if any(v is None or v == "" for v in row) else composite_key([str(v) for v in row])
+            for row in zip(*parts)
+        ]
+
+    def input_matrix(self, events: FieldColumns) -> np.ndarray:
+        """Per-measure inputs of many events as a float64 ``(events, measures)`` array.
+
+        NaN where a measure skips the event: the same decisions as :meth:`inputs` (numbers
+        only, finite, never bool), for :attr:`vectorisable` programs. Each field is read
+        once however many measures use it.
+        """
+        n = len(events)
+        columns: dict[str, list[Any]] = {}
+
+        def column(path: str) -> list[Any]:
+            got = columns.get(path)
+            if got is None:
+                got = columns[path] = events.field(path)
+            return got
+
+        passed: dict[tuple[tuple[str, tuple[Any, ...]], ...], np.ndarray] = {}
+        for where in self._where_slots:
+            mask = np.ones(n, bool)
+            for name, allowed in where:
+                values = column(name)
+                mask &= np.fromiter(
+                    (v.__class__ in _HASHABLE and v in allowed for v in values), bool, count=n
+                )
+            passed[where] = mask
+        out = np.full((n, len(self.measures)), np.nan)
+        for j, m in enumerate(self.measures):
+            if m.field is None:
+                out[:, j] = 1.0
+            else:
+                out[:, j] = np.fromiter(
+                    (v if (v.__class__ is float or v.__class__ is int) else np.nan for v in column(m.field)),
+                    np.float64, count=n,
+                )
+                out[~np.isfinite(out[:, j]), j] = np.nan
+            if m.where:
+                out[~passed[m.where], j] = np.nan
+        return out
+
+    def window_columns(self, merged: np.ndarray, window: str) -> list[list[Any]]:
+        """Feature values of one window for many entities, one list per column.
+
+        ``merged`` is ``(measures, entities)`` of merged partials with NaN where a min, max
+        or last has no value (see engine/features/columnar.py). Values equal
+        :meth:`window_values`' except that sums, minima, maxima and last values are floats.
+        """
+        out: list[list[Any] | np.ndarray] = []
+        for _, feat, finalize in self._finalizers[window]:
+            if finalize is None:  # a ratio, filled below
+                out.append([])
+                continue
+            ms = _measures_for(feat)
+            x = merged[self._index[ms[0]]]
+            if feat.agg is Agg.COUNT:
+                out.append(x.astype(np.int64))
+            elif feat.agg is Agg.MEAN:
+                num = merged[self._index[ms[1]]]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out.append(np.where(num > 0, x / num, np.nan))
+            elif feat.agg in (Agg.SUM, Agg.MIN, Agg.MAX, Agg.LAST):
+                out.append(x)
+            else:
+                raise ValueError(f"{feat.agg} is not computed on arrays")
+        for pos, num_pos, den_pos in self._ratios[window]:
+            num = np.asarray(out[num_pos], np.float64)
+            den = np.asarray(out[den_pos], np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[pos] = np.where(np.isnan(num) | np.isnan(den) | (den == 0), np.nan, num / den)
+        return [_none_for_nan(col) for col in out]
 
     # -- partials -----------------------------------------------------------
     def new_partial(self) -> list[Any]:

@@ -140,38 +140,21 @@ class ShardAggregator:
         return self._asof_high
 
     # -- ingest ---------------------------------------------------------------
-    def ingest(self, rows: Iterable[Row], wall_now: float) -> list[Hashable]:
+    def ingest(self, rows: Sequence[Row], wall_now: float) -> list[Hashable]:
         """Fold events into tiles; return the references of late events."""
-        late: list[Hashable] = []
+        late_at = self.clock.observe_rows(
+            [r[1] for r in rows], [r[3] for r in rows], wall_now, self.allowed_lateness_ms
+        )
+        late = [rows[i][4] for i in late_at]
+        if late_at:
+            skip = set(late_at)
+            rows = [r for i, r in enumerate(rows) if i not in skip]
         program = self.program
         groups = self._groups
         last_event = self._last_event
         dirty = self._dirty
         touched = self._touched
-        clock = self.clock
-        max_t = clock.max_event_ms
-        source_max = clock.source_max
-        source_seen = clock.source_seen
-        wm = clock.watermark_ms(wall_now)
-        high = wm if wm is not None else -(2**62)
-        threshold = None if wm is None else wm - self.allowed_lateness_ms
-        slowest = None if wm is None else clock.slowest_source_ms(wall_now)
-        for entity, t, inputs, source, ref in rows:
-            if threshold is not None and t < threshold:
-                late.append(ref)
-                continue
-            source_seen[source] = wall_now
-            cur = source_max.get(source)
-            if cur is None or t > cur:
-                source_max[source] = t
-                if max_t is None or t > max_t:
-                    max_t = t
-                    clock.wall_at_max = wall_now
-                    clock.max_event_ms = max_t
-                if cur is None or cur == slowest:  # only then can the slowest source move
-                    slowest = clock.slowest_source_ms(wall_now)
-                    if slowest is not None:
-                        threshold = max(high, slowest - clock.out_of_orderness_ms) - self.allowed_lateness_ms
+        for entity, t, inputs, _, _ in rows:
             for g in groups:
                 k = t // g.slide_ms
                 ent_tiles = g.tiles.get(entity)
@@ -191,10 +174,9 @@ class ShardAggregator:
                 last_event[entity] = t
             dirty.add(entity)
             touched.add(entity)
-            self.accepted += 1
-        clock.max_event_ms = max_t
+        self.accepted += len(rows)
         self.late += len(late)
-        clock.watermark_ms(wall_now)
+        self.clock.watermark_ms(wall_now)
         self.expire(wall_now)
         return late
 

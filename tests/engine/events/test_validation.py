@@ -25,6 +25,7 @@ from engine.events.validation import (
     WRONG_TYPE,
     Invalid,
     validate_interaction,
+    validate_interaction_batch,
     validate_item_update,
     validate_label,
 )
@@ -200,3 +201,55 @@ def test_cost_per_valid_json_interaction() -> None:
     best = min(timeit.repeat(lambda: validate_interaction(raw, None, NOW, MAX_FUTURE), number=n, repeat=3)) / n
     # Target is ~1.6 us on a dev machine; the bound is loose so that CI noise cannot flake it.
     assert best < 25e-6, f"{best * 1e6:.2f} us per event"
+
+
+def _batch_cases() -> list[tuple[bytes, object]]:
+    """Valid messages of many shapes, the malformed catalogue, and edge values, with headers."""
+    valid = [
+        (_interaction(), None),
+        (_interaction(context=None, request_id=None), None),
+        (_interaction(context={}, request_id="r" * 256), None),
+        (_interaction(context={"f": 1.5, "i": -(2**63), "b": True, "s": "x", "big": 2**63 - 1}), None),
+        (_interaction(context={f"k{i}": i for i in range(64)}, extra=[1, {"a": None}]), None),
+        (_interaction(event_time=NOW + MAX_FUTURE, user_id="u" * 256), None),
+        (_interaction(event_time=MIN_EVENT_TIME_MS), [("content-type", b"application/json")]),
+        (encode_json(Interaction("u9", "i9", "view", T, {"dwell_ms": 5})), None),
+    ]
+    bad = [(raw, None) for raw, _ in malformed_examples("interaction")] + [
+        (_interaction(context={"i": 2**63}), None),
+        (_interaction(context={"f": math.inf}), None),
+        (_interaction(context={"n": None}), None),
+        (_interaction(context={f"k{i}": i for i in range(65)}), None),
+        (_interaction(context={"k" * 257: 1}), None),
+        (_interaction(request_id=""), None),
+        (_interaction(request_id=7), None),
+        (_interaction(event_type=["click"]), None),
+        (b" " + _interaction(), None),  # valid, but only the per-message path decodes it
+        (encode_proto(Interaction("u", "i", "click", T)), [("content-type", b"application/x-protobuf")]),
+        (_interaction(), [("content-type", b"text/plain")]),
+    ]
+    return [(raw, ("ok", h)) for raw, h in valid] + [(raw, ("bad", h)) for raw, h in bad]
+
+
+def test_batch_validation_agrees_with_the_per_message_validator() -> None:
+    cases = _batch_cases()
+    rng = random.Random(5)
+    columns_taken = 0
+    for _ in range(400):
+        pool = cases if rng.random() < 0.5 else [c for c in cases if c[1][0] == "ok"]
+        picked = [rng.choice(pool) for _ in range(rng.randint(1, 6))]
+        raws = [raw for raw, _ in picked]
+        headers = [h for _, (_, h) in picked]
+        singles = [validate_interaction(raw, h, NOW, MAX_FUTURE) for raw, h in zip(raws, headers)]
+        got = validate_interaction_batch(raws, headers, NOW, MAX_FUTURE)
+        # Columns only when every message is valid, and then the same events; None sends the
+        # batch to the per-message validator (which is always right).
+        if got is not None:
+            columns_taken += 1
+            assert [got.row(i) for i in range(len(got))] == singles
+        else:
+            assert not all(isinstance(s, Interaction) for s in singles) or any(raw[:1] != b"{" for raw in raws)
+    assert columns_taken > 100
+    # The header-less valid cases alone always take the column path.
+    plain = [raw for raw, (kind, h) in cases if kind == "ok" and h is None]
+    assert validate_interaction_batch(plain, [None] * len(plain), NOW, MAX_FUTURE) is not None
