@@ -57,7 +57,7 @@ class FlushPacer:
     the Redis sink of a process (they run on its workers, which share a CPU).
     """
 
-    def __init__(self, min_gap_s: float, share: float = 0.25) -> None:
+    def __init__(self, min_gap_s: float, share: float = 0.1) -> None:
         self.min_gap_s = min_gap_s
         self.share = share
         self.write_s_per_entity = 0.0

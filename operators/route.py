@@ -74,14 +74,14 @@ class Router:
             positions, entities = self._select(program, events)
             if not positions:
                 continue
-            shard_nos = [memo.get(e, -1) for e in entities]
-            if -1 in shard_nos:
+            shard_nos = list(map(memo.get, entities))
+            if None in shard_nos:
                 if len(memo) >= _MEMO_LIMIT:
                     memo.clear()
                 for i, s in enumerate(shard_nos):
-                    if s == -1:
+                    if s is None:
                         e = entities[i]
-                        s = shard_nos[i] = memo[e] = shard_of(e, self.shards)
+                        shard_nos[i] = memo[e] = shard_of(e, self.shards)
             name = program.view.name
             if program.vectorisable:
                 chosen = events if len(positions) == len(events) else events.take(positions)

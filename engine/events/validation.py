@@ -39,7 +39,7 @@ Rules (the same for JSON and protobuf, which decode to the same dict):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Final, Sequence
 
 import orjson
@@ -247,6 +247,9 @@ def validate_interaction(
         return _internal(exc)
 
 
+_INTERACTION_FIELDS = ("user_id", "item_id", "event_type", "event_time", "context", "request_id")
+
+
 def _ids_ok(values: list[Any], optional: bool = False) -> bool:
     """Every value a string of 1..MAX_ID_LEN characters (or None, when optional)."""
     types = set(map(type, values))
@@ -311,12 +314,9 @@ def validate_interaction_batch(
         docs = [orjson.loads(r) for r in raws]
         if set(map(type, docs)) != {dict}:
             return None
-        user_id = [d.get("user_id") for d in docs]
-        item_id = [d.get("item_id") for d in docs]
-        event_type = [d.get("event_type") for d in docs]
-        event_time = [d.get("event_time") for d in docs]
-        context = [d.get("context") for d in docs]
-        request_id = [d.get("request_id") for d in docs]
+        user_id, item_id, event_type, event_time, context, request_id = (
+            list(map(dict.get, docs, repeat(name))) for name in _INTERACTION_FIELDS
+        )
         if not (_ids_ok(user_id) and _ids_ok(item_id) and _ids_ok(request_id, optional=True)):
             return None
         if set(map(type, event_type)) != {str} or not set(event_type) <= EVENT_TYPES:

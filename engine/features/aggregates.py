@@ -63,6 +63,7 @@ def field_getter(path: str) -> Getter:
 
 # Types a ``where`` value is compared as (anything else never matches, as in the row path).
 _HASHABLE = frozenset({str, int, float, bool, type(None)})
+_NUMERIC_OR_NONE = frozenset({int, float, type(None)})
 
 
 def _none_for_nan(values: np.ndarray) -> list[Any]:
@@ -292,6 +293,8 @@ class ViewProgram:
         """
         n = len(events)
         columns: dict[str, list[Any]] = {}
+        numbers: dict[str, np.ndarray] = {}
+        codes: dict[str, tuple[np.ndarray, dict[Any, int]] | None] = {}
 
         def column(path: str) -> list[Any]:
             got = columns.get(path)
@@ -299,25 +302,48 @@ class ViewProgram:
                 got = columns[path] = events.field(path)
             return got
 
+        def numeric(path: str) -> np.ndarray:
+            got = numbers.get(path)
+            if got is None:
+                values = column(path)
+                if set(map(type, values)) <= _NUMERIC_OR_NONE:
+                    got = np.array(values, np.float64)  # None becomes NaN
+                else:
+                    got = np.fromiter((v if (v.__class__ is float or v.__class__ is int) else np.nan for v in values),
+                                      np.float64, count=n)
+                got[~np.isfinite(got)] = np.nan
+                numbers[path] = got
+            return got
+
+        def coded(path: str) -> tuple[np.ndarray, dict[Any, int]] | None:
+            """Each value as a code into its distinct values (None: some value is unhashable)."""
+            if path not in codes:
+                values = column(path)
+                try:
+                    index = {v: i for i, v in enumerate(set(values))}
+                except TypeError:
+                    codes[path] = None
+                else:
+                    codes[path] = (np.fromiter(map(index.__getitem__, values), np.int64, count=n), index)
+            return codes[path]
+
+        def matches(name: str, allowed: frozenset[Any]) -> np.ndarray:
+            got = coded(name)
+            if got is None:
+                return np.fromiter((v.__class__ in _HASHABLE and v in allowed for v in column(name)), bool, count=n)
+            value_codes, index = got
+            hits = [i for v, i in index.items() if v.__class__ in _HASHABLE and v in allowed]
+            return np.isin(value_codes, hits)
+
         passed: dict[tuple[tuple[str, tuple[Any, ...]], ...], np.ndarray] = {}
         for where in self._where_slots:
             mask = np.ones(n, bool)
             for name, allowed in where:
-                values = column(name)
-                mask &= np.fromiter(
-                    (v.__class__ in _HASHABLE and v in allowed for v in values), bool, count=n
-                )
+                mask &= matches(name, frozenset(allowed))
             passed[where] = mask
-        out = np.full((n, len(self.measures)), np.nan)
+        out = np.empty((n, len(self.measures)))
         for j, m in enumerate(self.measures):
-            if m.field is None:
-                out[:, j] = 1.0
-            else:
-                out[:, j] = np.fromiter(
-                    (v if (v.__class__ is float or v.__class__ is int) else np.nan for v in column(m.field)),
-                    np.float64, count=n,
-                )
-                out[~np.isfinite(out[:, j]), j] = np.nan
+            out[:, j] = 1.0 if m.field is None else numeric(m.field)
             if m.where:
                 out[~passed[m.where], j] = np.nan
         return out

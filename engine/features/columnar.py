@@ -193,14 +193,14 @@ class ColumnarShard:
 
     def _rows_of(self, entities: list[str]) -> np.ndarray:
         index = self._row
-        rows = [index.get(e, -1) for e in entities]
-        if -1 in rows:
+        rows = list(map(index.get, entities))
+        if None in rows:
             names = self._names
             for i, r in enumerate(rows):
-                if r == -1:
+                if r is None:
                     e = entities[i]
-                    r = index.get(e, -1)
-                    if r == -1:
+                    r = index.get(e)
+                    if r is None:
                         r = index[e] = len(names)
                         names.append(e)
                     rows[i] = r

@@ -75,7 +75,9 @@ def dataflow_specs(
         argv = list(base)
         if n > 1:
             argv += ["-i", str(i), "-a", addresses]
-        specs.append(ProcessSpec(f"{name}-{i}", argv, {**env, "RTML_PROCESS_INDEX": str(i)}))
+        # Each process knows the job's size (a flow may be shaped by it).
+        specs.append(ProcessSpec(f"{name}-{i}", argv,
+                                 {**env, "RTML_PROCESS_INDEX": str(i), "RTML_PIPELINE_PROCESSES": str(n)}))
     return specs
 
 
