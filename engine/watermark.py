@@ -21,7 +21,7 @@ True
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Any, Hashable, Iterable, Protocol, Sequence
+from typing import Any, Hashable, Iterable, Protocol
 
 import numpy as np
 
