@@ -87,13 +87,18 @@ class Router:
                 chosen = events if len(positions) == len(events) else events.take(positions)
                 times = np.asarray(chosen.event_time, np.int64)
                 inputs = program.input_matrix(chosen)
+                # Group by shard with one stable sort, then cut each column into slices.
                 codes = np.asarray(shard_nos, np.int64)
-                for s in np.unique(codes).tolist():
-                    at = np.flatnonzero(codes == s)
-                    idx = at.tolist()
-                    shard_batch = ShardBatch([entities[i] for i in idx], times[at], inputs[at], source,
-                                             origins.take([positions[i] for i in idx]))
-                    out.append((keys[s], (name, shard_batch, behind)))
+                order = np.argsort(codes, kind="stable")
+                cuts = (np.flatnonzero(np.diff(codes[order])) + 1).tolist()
+                order_list = order.tolist()
+                sorted_entities = [entities[i] for i in order_list]
+                sorted_origins = origins.take([positions[i] for i in order_list])
+                times, inputs = times[order], inputs[order]
+                for lo, hi in zip([0, *cuts], [*cuts, len(order_list)]):
+                    shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
+                                             sorted_origins.slice(lo, hi))
+                    out.append((keys[shard_nos[order_list[lo]]], (name, shard_batch, behind)))
             else:
                 grouped: dict[int, list[Row]] = {}
                 for p, e, s in zip(positions, entities, shard_nos):

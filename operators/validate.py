@@ -36,6 +36,11 @@ class Origins:
     def __getitem__(self, i: int) -> Origin:
         return (self.topic, self.partition, self.offsets[i], self.raws[i], tuple(self.headers[i] or ()))
 
+    def slice(self, start: int, stop: int) -> "Origins":
+        """The origins at positions ``start`` up to ``stop``."""
+        return Origins(self.topic, self.partition, self.offsets[start:stop], self.raws[start:stop],
+                       self.headers[start:stop])
+
     def take(self, positions: Sequence[int]) -> "Origins":
         """The origins at ``positions``, in that order."""
         offsets, raws, headers = self.offsets, self.raws, self.headers

@@ -247,45 +247,51 @@ def validate_interaction(
         return _internal(exc)
 
 
+_NONE_TYPE = type(None)
 _INTERACTION_FIELDS = ("user_id", "item_id", "event_type", "event_time", "context", "request_id")
 
 
 def _ids_ok(values: list[Any], optional: bool = False) -> bool:
     """Every value a string of 1..MAX_ID_LEN characters (or None, when optional)."""
     types = set(map(type, values))
-    if optional and type(None) in types:
+    if optional and _NONE_TYPE in types:
         values = [v for v in values if v is not None]
-        types.discard(type(None))
+        types.discard(_NONE_TYPE)
     if not values:
         return True
-    return types == {str} and min(map(len, values)) > 0 and max(map(len, values)) <= MAX_ID_LEN
+    if types != {str}:
+        return False
+    lengths = set(map(len, values))
+    return min(lengths) > 0 and max(lengths) <= MAX_ID_LEN
 
 
 def _contexts_ok(contexts: list[Any]) -> bool:
     """Every context None or a flat map that :func:`_check_flat_map` accepts."""
-    if not set(map(type, contexts)) <= {dict, type(None)}:
+    if not set(map(type, contexts)) <= {dict, _NONE_TYPE}:
         return False
-    maps = [c for c in contexts if c]
+    maps = list(filter(None, contexts))
     if not maps:
         return True
     if max(map(len, maps)) > MAX_MAP_KEYS:
         return False
-    keys = list(chain.from_iterable(maps))
-    if set(map(type, keys)) != {str} or min(map(len, keys)) == 0 or max(map(len, keys)) > MAX_ID_LEN:
+    keys = set(chain.from_iterable(maps))  # distinct keys: few, whatever the batch size
+    if set(map(type, keys)) != {str}:
+        return False
+    lengths = set(map(len, keys))
+    if min(lengths) == 0 or max(lengths) > MAX_ID_LEN:
         return False
     values = list(chain.from_iterable(map(dict.values, maps)))
     types = set(map(type, values))
+    if types == {int}:
+        return min(values) >= _INT64_MIN and max(values) <= _INT64_MAX
     if not types <= {str, bool, int, float}:
         return False
     if int in types:
         ints = [v for v in values if v.__class__ is int]
         if min(ints) < _INT64_MIN or max(ints) > _INT64_MAX:
             return False
-    if float in types:
-        # x - x is 0.0 for finite floats and NaN (truthy) for inf/NaN.
-        if any(v - v for v in values if v.__class__ is float):
-            return False
-    return True
+    # x - x is 0.0 for finite floats and NaN (truthy) for inf/NaN.
+    return not (float in types and any(v - v for v in values if v.__class__ is float))
 
 
 def validate_interaction_batch(
