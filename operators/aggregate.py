@@ -10,8 +10,7 @@ from typing import Any, Callable, Hashable
 from bytewax.operators import StatefulBatchLogic
 
 from engine.features.aggregates import ViewProgram
-from engine.features.columnar import ColumnarShard, ShardBatch
-from engine.features.shard import RunningValues, Row, ShardAggregator
+from engine.features.shard import RunningValues, ShardAggregator, ShardBatch
 from operators.validate import Origin
 
 
@@ -79,18 +78,16 @@ class FlushPacer:
         return max(self.min_gap_s, cost * max(1, self._shards) / self.share)
 
 
-# A routed item: the view's name, its events for one shard as rows (ShardAggregator) or as
-# columns (ColumnarShard, for views whose measures are all numbers), and whether the batch
-# was read while catching up on a backlog.
-ShardInput = tuple[str, list[Row] | ShardBatch, bool]
+# A routed item: the view's name, its events for one shard, and whether the batch was read
+# while catching up on a backlog.
+ShardInput = tuple[str, ShardBatch, bool]
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
     """Folds batches into a shard; writes of running values are coalesced per flush interval.
 
     Bytewax's builder does not see the key, so the view is learnt from the first item
-    (or from the resume state) and the aggregator is created then: a :class:`ColumnarShard`
-    when every measure of the view is a number, else a :class:`ShardAggregator`.
+    (or from the resume state) and the aggregator is created then.
     """
 
     def __init__(
@@ -106,7 +103,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         self._pacer.register_shard()
         self.settings = settings
         self._programs = programs
-        self._shard: ShardAggregator | ColumnarShard | None = None
+        self._shard: ShardAggregator | None = None
         self._view = ""
         if resume is not None:
             self._init(resume["view"]).restore(resume["state"], clock())
@@ -114,12 +111,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         self._flush_gap = settings.flush_interval_ms / 1000
         self._catching_up = False
 
-    def _init(self, view: str) -> ShardAggregator | ColumnarShard:
+    def _init(self, view: str) -> ShardAggregator:
         self._view = view
-        program = self._programs[view]
-        kind = ColumnarShard if program.vectorisable else ShardAggregator
-        self._shard = kind(
-            program,
+        self._shard = ShardAggregator(
+            self._programs[view],
             out_of_orderness_ms=self.settings.out_of_orderness_ms,
             allowed_lateness_ms=self.settings.allowed_lateness_ms,
             idle_advance=self.settings.idle_advance,
@@ -130,7 +125,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         return self._shard
 
     @property
-    def shard(self) -> ShardAggregator | ColumnarShard:
+    def shard(self) -> ShardAggregator:
         assert self._shard is not None, "shard used before its first batch"
         return self._shard
 
@@ -159,7 +154,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         late: list[Origin] = []
         behind = False
         for _, events, batch_behind in values:
-            late.extend(self.shard.ingest(events, now))  # type: ignore[arg-type]
+            late.extend(self.shard.ingest(events, now))
             behind = behind or batch_behind
         if behind != self._catching_up:
             self._catching_up = behind

@@ -5,9 +5,8 @@ identical in every process), so a dataflow has ``views x shards`` stateful keys
 whatever the number of entities: per-key overhead stays constant while each key
 aggregates thousands of entities per call.
 
-A view whose measures are all numbers (:attr:`ViewProgram.vectorisable`) gets its
-events as a :class:`ShardBatch` of columns for the array shard
-(engine/features/columnar.py); other views get rows for :class:`ShardAggregator`.
+A shard gets its events as a :class:`ShardBatch` of columns (entities, event times,
+the measures' inputs), cut from the batch with one stable sort by shard.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import numpy as np
 
 from engine.events.columns import InteractionColumns
 from engine.features.aggregates import ViewProgram
-from engine.features.columnar import ShardBatch
-from engine.features.shard import Row
+from engine.features.shard import ShardBatch
 from operators.aggregate import ShardInput
 from operators.validate import ValidatedBatch
 
@@ -39,7 +37,7 @@ def shard_key(view: str, entity: str, shards: int) -> str:
 
 
 class Router:
-    """Groups each batch's events into ``(shard key, (view, rows or columns, behind))`` items.
+    """Groups each batch's events into ``(shard key, (view, columns, behind))`` items.
 
     ``behind``: the batch was read with at least ``catch_up_backlog`` messages still waiting.
 
@@ -83,31 +81,22 @@ class Router:
                         e = entities[i]
                         shard_nos[i] = memo[e] = shard_of(e, self.shards)
             name = program.view.name
-            if program.vectorisable:
-                chosen = events if len(positions) == len(events) else events.take(positions)
-                times = np.asarray(chosen.event_time, np.int64)
-                inputs = program.input_matrix(chosen)
-                # Group by shard with one stable sort, then cut each column into slices.
-                codes = np.asarray(shard_nos, np.int64)
-                order = np.argsort(codes, kind="stable")
-                cuts = (np.flatnonzero(np.diff(codes[order])) + 1).tolist()
-                order_list = order.tolist()
-                sorted_entities = [entities[i] for i in order_list]
-                sorted_origins = origins.take([positions[i] for i in order_list])
-                times, inputs = times[order], inputs[order]
-                for lo, hi in zip([0, *cuts], [*cuts, len(order_list)]):
-                    shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
-                                             sorted_origins.slice(lo, hi))
-                    out.append((keys[shard_nos[order_list[lo]]], (name, shard_batch, behind)))
-            else:
-                grouped: dict[int, list[Row]] = {}
-                for p, e, s in zip(positions, entities, shard_nos):
-                    ev = events.row(p)
-                    rows = grouped.get(s)
-                    if rows is None:
-                        rows = grouped[s] = []
-                    rows.append((e, ev.event_time, program.inputs(ev), source, origins[p]))
-                out += [(keys[s], (name, rows, behind)) for s, rows in grouped.items()]
+            chosen = events if len(positions) == len(events) else events.take(positions)
+            times = np.asarray(chosen.event_time, np.int64)
+            inputs, texts = program.input_columns(chosen)
+            # Group by shard with one stable sort, then cut each column into slices.
+            codes = np.asarray(shard_nos, np.int64)
+            order = np.argsort(codes, kind="stable")
+            cuts = (np.flatnonzero(np.diff(codes[order])) + 1).tolist()
+            order_list = order.tolist()
+            sorted_entities = [entities[i] for i in order_list]
+            sorted_origins = origins.take([positions[i] for i in order_list])
+            sorted_texts = {j: [vals[i] for i in order_list] for j, vals in texts.items()}
+            times, inputs = times[order], inputs[order]
+            for lo, hi in zip([0, *cuts], [*cuts, len(order_list)]):
+                shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
+                                         sorted_origins.slice(lo, hi), {j: vals[lo:hi] for j, vals in sorted_texts.items()})
+                out.append((keys[shard_nos[order_list[lo]]], (name, shard_batch, behind)))
         return out
 
     @staticmethod

@@ -2,28 +2,30 @@
 
 A view's features are compiled into a small set of distinct measures: ``count``
 of clicks serves ``clicks_5m``, ``clicks_1h`` and the numerator of ``ctr_1h``.
-A partial is a plain list with one slot per measure; partials of adjacent time
-tiles merge into the partial of a longer window, so one event updates one tile
-per slide size however many windows use it.
+A partial holds one slot per measure; partials of adjacent time tiles merge into
+the partial of a longer window, so one event updates one tile per slide size
+however many windows use it. :class:`ViewProgram` reads the measures' inputs from a
+batch of events a column at a time and turns merged partials into feature values;
+the tiles themselves live in :class:`engine.features.shard.ShardAggregator`.
 
 >>> from engine.features.spec import FeatureView
 >>> view = FeatureView.from_dict({"name": "u", "entity": "user_id", "windows": {"1h": "1h"},
 ...     "features": [{"name": "n", "agg": "count"}, {"name": "avg", "agg": "mean", "field": "context.x"}]})
 >>> program = ViewProgram(view)
->>> acc = program.new_partial()
->>> program.update(acc, 1_000, program.inputs({"context": {"x": 2.0}}))
->>> program.update(acc, 2_000, program.inputs({"context": {"x": 4.0}}))
->>> program.values(acc, "1h")
-{'n_1h': 2, 'avg_1h': 3.0}
+>>> [(m.kind, m.field) for m in program.measures]
+[('count', None), ('sum', 'context.x'), ('num', 'context.x')]
+>>> numbers, texts = program.input_columns(EventRows([{"context": {"x": 2.0}}, {"context": {"x": "n/a"}}]))
+>>> numbers.tolist()
+[[1.0, 2.0, 2.0], [1.0, nan, nan]]
+>>> program.window_columns(np.array([[3.0], [6.0], [2.0]]), "1h")  # merged: 3 events, x summing to 6 over 2
+[[3], [3.0]]
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import datasketches
 import numpy as np
 
 from engine.features.keys import composite_key
@@ -36,8 +38,8 @@ COUNT, SUM, NUM, MIN, MAX, LAST, LAST_STR, HLL = "count", "sum", "num", "min", "
 
 Getter = Callable[[Any], Any]
 
-#: Measure kinds whose partials are plain numbers, folded and merged as arrays (engine/features/columnar.py).
-ARRAY_KINDS = frozenset({COUNT, SUM, NUM, MIN, MAX, LAST})
+#: Measure kinds whose inputs are text: a sketch of distinct values, the last text value.
+TEXT_KINDS = frozenset({HLL, LAST_STR})
 
 
 def field_getter(path: str) -> Getter:
@@ -66,8 +68,10 @@ _HASHABLE = frozenset({str, int, float, bool, type(None)})
 _NUMERIC_OR_NONE = frozenset({int, float, type(None)})
 
 
-def _none_for_nan(values: np.ndarray) -> list[Any]:
-    """Python values of an array, None where NaN (ints stay ints)."""
+def _none_for_nan(values: np.ndarray | list[Any]) -> list[Any]:
+    """Python values of an array, None where NaN (ints stay ints); lists pass through."""
+    if isinstance(values, list):
+        return values
     out = values.tolist()
     if values.dtype.kind == "f":
         missing = np.flatnonzero(np.isnan(values))
@@ -95,10 +99,6 @@ class EventRows:
     def field(self, path: str) -> list[Any]:
         get = field_getter(path)
         return [get(e) for e in self.events]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,25 +146,11 @@ class ViewProgram:
         self._index = {m: i for i, m in enumerate(self.measures)}
         self._entity_getters = [field_getter(f) for f in view.entity]
         self._event_types = frozenset(view.event_types) if view.event_types is not None else None
-        wheres = sorted({m.where for m in self.measures if m.where})
-        self._where_slots = {w: i for i, w in enumerate(wheres)}
-        self._where_preds = [self._predicate(w) for w in wheres]
-        # Filters on one field each (the usual event_type filters) read each field once per event.
-        self._where_fields: list[Getter] = []
-        self._where_checks: list[tuple[int, frozenset[Any]]] | None = None
-        if wheres and all(len(w) == 1 for w in wheres):
-            fields = sorted({w[0][0] for w in wheres})
-            self._where_fields = [field_getter(f) for f in fields]
-            self._where_checks = [(fields.index(w[0][0]), frozenset(w[0][1])) for w in wheres]
-        self._inputs = [self._input_fn(m) for m in self.measures]
+        self._where_slots = sorted({m.where for m in self.measures if m.where})
         self._kinds = tuple(m.kind for m in self.measures)
         self._window_columns = {
             w.name: [(f"{feat.name}_{w.name}", feat) for feat in view.features if w.name in view.windows_of(feat)]
             for w in view.windows
-        }
-        # Per window: (column, finalizer) in order, ratios last; finalizers read slots directly.
-        self._finalizers = {
-            w: [(col, feat, self._finalizer(feat)) for col, feat in cols] for w, cols in self._window_columns.items()
         }
         # Per window: (position of a ratio, position of its numerator, of its denominator).
         self._ratios = {}
@@ -177,52 +163,6 @@ class ViewProgram:
             ]
 
     # -- events -> inputs -------------------------------------------------
-    @staticmethod
-    def _predicate(where: tuple[tuple[str, tuple[Any, ...]], ...]) -> Callable[[Mapping[str, Any]], bool]:
-        checks = [(field_getter(name), frozenset(values)) for name, values in where]
-        if len(checks) == 1:  # one field, the usual event_type filter
-            get_one, allowed_one = checks[0]
-
-            def passes_one(event: Mapping[str, Any]) -> bool:
-                try:
-                    return get_one(event) in allowed_one
-                except TypeError:  # unhashable value never matches
-                    return False
-
-            return passes_one
-
-        def passes(event: Mapping[str, Any]) -> bool:
-            for get, allowed in checks:
-                value = get(event)
-                try:
-                    if value not in allowed:
-                        return False
-                except TypeError:  # unhashable value never matches
-                    return False
-            return True
-
-        return passes
-
-    def _input_fn(self, m: Measure) -> Callable[[Mapping[str, Any], list[bool]], Any]:
-        where_slot = self._where_slots.get(m.where) if m.where else None
-        get = field_getter(m.field) if m.field else None
-
-        numeric = m.kind in (SUM, NUM, MIN, MAX, LAST)
-
-        def extract(event: Mapping[str, Any], passed: list[bool]) -> Any:
-            if where_slot is not None and not passed[where_slot]:
-                return None
-            if get is None:
-                return 1
-            value = get(event)
-            if value is None:
-                return None
-            if numeric:
-                return value if _is_number(value) else None
-            return str(value)  # HLL and LAST_STR hash / keep the text form
-
-        return extract
-
     def entity_key(self, event: Mapping[str, Any]) -> str | None:
         """The entity this event belongs to (None when an entity field is missing).
 
@@ -248,28 +188,10 @@ class ViewProgram:
         """The view's source filter."""
         return self._event_types is None or event_type in self._event_types
 
-    def inputs(self, event: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Per-measure inputs of one event (None where the measure skips it)."""
-        checks = self._where_checks
-        if checks is not None:
-            values = [get(event) for get in self._where_fields]
-            try:
-                passed = [values[i] in allowed for i, allowed in checks]
-            except TypeError:  # an unhashable value (never after validation): the slow path decides
-                passed = [pred(event) for pred in self._where_preds]
-        else:
-            passed = [pred(event) for pred in self._where_preds]
-        return tuple([fn(event, passed) for fn in self._inputs])
-
     @property
     def kinds(self) -> tuple[str, ...]:
         """The kind of each measure slot, in order."""
         return self._kinds
-
-    @property
-    def vectorisable(self) -> bool:
-        """Whether every measure is numeric, so a shard can hold partials as arrays."""
-        return all(k in ARRAY_KINDS for k in self._kinds)
 
     def entity_column(self, events: FieldColumns) -> list[str | None]:
         """:meth:`entity_key` of every event."""
@@ -284,12 +206,14 @@ class ViewProgram:
             for row in zip(*parts)
         ]
 
-    def input_matrix(self, events: FieldColumns) -> np.ndarray:
-        """Per-measure inputs of many events as a float64 ``(events, measures)`` array.
+    def input_columns(self, events: FieldColumns) -> tuple[np.ndarray, dict[int, list[str | None]]]:
+        """Per-measure inputs of many events: numbers as an array, text by slot.
 
-        NaN where a measure skips the event: the same decisions as :meth:`inputs` (numbers
-        only, finite, never bool), for :attr:`vectorisable` programs. Each field is read
-        once however many measures use it.
+        The float64 ``(events, measures)`` array holds the numeric measures' inputs, NaN
+        where a measure skips the event (and in the text slots); the dict holds, for each
+        distinct-count or text-``last`` slot, the text of every event's value (None where
+        skipped). The same decisions as :meth:`inputs`: numbers only, finite, never bool.
+        Each field is read once however many measures use it.
         """
         n = len(events)
         columns: dict[str, list[Any]] = {}
@@ -342,26 +266,43 @@ class ViewProgram:
                 mask &= matches(name, frozenset(allowed))
             passed[where] = mask
         out = np.empty((n, len(self.measures)))
+        texts: dict[int, list[str | None]] = {}
         for j, m in enumerate(self.measures):
+            if m.kind in TEXT_KINDS:
+                out[:, j] = np.nan
+                keep = passed[m.where].tolist() if m.where else [True] * n
+                texts[j] = [None if (v is None or not k) else str(v) for v, k in zip(column(m.field or ""), keep)]
+                continue
             out[:, j] = 1.0 if m.field is None else numeric(m.field)
             if m.where:
                 out[~passed[m.where], j] = np.nan
-        return out
+        return out, texts
 
-    def window_columns(self, merged: np.ndarray, window: str) -> list[list[Any]]:
+    def window_columns(
+        self, merged: np.ndarray, window: str, texts: Mapping[int, list[Any]] | None = None
+    ) -> list[list[Any]]:
         """Feature values of one window for many entities, one list per column.
 
-        ``merged`` is ``(measures, entities)`` of merged partials with NaN where a min, max
-        or last has no value (see engine/features/columnar.py). Values equal
-        :meth:`window_values`' except that sums, minima, maxima and last values are floats.
+        ``merged`` is ``(measures, entities)`` of merged numeric partials with NaN where a
+        min, max or last has no value; ``texts`` holds, per text slot, each entity's merged
+        sketch or ``(time, text)`` pair (None when empty). See engine/features/shard.py.
+        Sums, minima, maxima and numeric last values are floats.
         """
         out: list[list[Any] | np.ndarray] = []
-        for _, feat, finalize in self._finalizers[window]:
-            if finalize is None:  # a ratio, filled below
+        for _, feat in self._window_columns[window]:
+            if feat.agg is Agg.RATIO:  # filled below, from its numerator and denominator
                 out.append([])
                 continue
             ms = _measures_for(feat)
-            x = merged[self._index[ms[0]]]
+            slot = self._index[ms[0]]
+            if ms[0].kind in TEXT_KINDS:
+                parts = (texts or {})[slot]
+                if feat.agg is Agg.DISTINCT:
+                    out.append([0 if s is None else int(round(s.get_estimate())) for s in parts])
+                else:
+                    out.append([None if p is None else p[1] for p in parts])
+                continue
+            x = merged[slot]
             if feat.agg is Agg.COUNT:
                 out.append(x.astype(np.int64))
             elif feat.agg is Agg.MEAN:
@@ -379,109 +320,6 @@ class ViewProgram:
                 out[pos] = np.where(np.isnan(num) | np.isnan(den) | (den == 0), np.nan, num / den)
         return [_none_for_nan(col) for col in out]
 
-    # -- partials -----------------------------------------------------------
-    def new_partial(self) -> list[Any]:
-        return [0 if k in (COUNT, NUM) else (0.0 if k == SUM else None) for k in self._kinds]
-
-    def update(self, acc: list[Any], event_time: int, inputs: tuple[Any, ...]) -> None:
-        """Fold one event's inputs into a partial."""
-        for i, kind in enumerate(self._kinds):
-            x = inputs[i]
-            if x is None:
-                continue
-            if kind == COUNT or kind == NUM:
-                acc[i] += 1
-            elif kind == SUM:
-                acc[i] += x
-            elif kind == MIN:
-                cur = acc[i]
-                if cur is None or x < cur:
-                    acc[i] = x
-            elif kind == MAX:
-                cur = acc[i]
-                if cur is None or x > cur:
-                    acc[i] = x
-            elif kind == LAST or kind == LAST_STR:
-                cur = acc[i]
-                # Ties in event time keep the larger value, so arrival order never matters.
-                if cur is None or (event_time, x) > cur:
-                    acc[i] = (event_time, x)
-            else:  # HLL
-                sketch = acc[i]
-                if sketch is None:
-                    sketch = acc[i] = datasketches.hll_sketch(HLL_LG_K)
-                sketch.update(x)
-
-    def merge(self, partials: Sequence[list[Any]]) -> list[Any]:
-        """Merge partials of disjoint tiles into one (inputs are not modified).
-
-        Slot by slot with builtins: this runs for every running value written.
-        """
-        if len(partials) == 1:
-            return list(partials[0])
-        if not partials:
-            return self.new_partial()
-        out: list[Any] = []
-        for i, kind in enumerate(self._kinds):
-            if kind == COUNT or kind == NUM or kind == SUM:
-                out.append(sum(p[i] for p in partials))
-                continue
-            present = [p[i] for p in partials if p[i] is not None]
-            if not present:
-                out.append(None)
-            elif kind == MIN:
-                out.append(min(present))
-            elif kind == HLL:
-                union = datasketches.hll_union(HLL_LG_K)
-                for sketch in present:
-                    union.update(sketch)
-                out.append(union.get_result())
-            else:  # MAX, LAST, LAST_STR: (event time, value) pairs compare as intended
-                out.append(max(present))
-        return out
-
     def columns(self, window: str) -> list[str]:
-        """Column names of one window, in the order of :meth:`window_values`."""
+        """Column names of one window, in the order of :meth:`window_columns`."""
         return [column for column, _ in self._window_columns[window]]
-
-    def values(self, acc: list[Any], window: str) -> dict[str, Any]:
-        """Feature values of one window from its merged partial."""
-        return dict(zip(self.columns(window), self.window_values(acc, window)))
-
-    def window_values(self, acc: list[Any], window: str) -> list[Any]:
-        """Feature values of one window, as a list in :meth:`columns` order (hot path)."""
-        out = [None if finalize is None else finalize(acc) for _, _, finalize in self._finalizers[window]]
-        for pos, num_pos, den_pos in self._ratios[window]:
-            num, den = out[num_pos], out[den_pos]
-            out[pos] = (num / den) if (num is not None and den) else None
-        return out
-
-    def _finalizer(self, feat: Feature) -> Callable[[list[Any]], Any] | None:
-        ms = _measures_for(feat)
-        if not ms:
-            return None
-        i = self._index[ms[0]]
-        match feat.agg:
-            case Agg.COUNT | Agg.SUM | Agg.MIN | Agg.MAX:
-                return lambda acc: acc[i]
-            case Agg.MEAN:
-                j = self._index[ms[1]]
-                return lambda acc: acc[i] / acc[j] if acc[j] else None
-            case Agg.LAST:
-                return lambda acc: acc[i][1] if acc[i] is not None else None
-            case Agg.DISTINCT:
-                return lambda acc: int(round(acc[i].get_estimate())) if acc[i] is not None else 0
-        raise ValueError(feat.agg)
-
-    # -- snapshots (HLL sketches do not pickle) -----------------------------
-    def encode_partial(self, acc: list[Any]) -> list[Any]:
-        return [
-            (x.serialize_compact() if (kind == HLL and x is not None) else x)
-            for kind, x in zip(self._kinds, acc)
-        ]
-
-    def decode_partial(self, data: list[Any]) -> list[Any]:
-        return [
-            (datasketches.hll_sketch.deserialize(x) if (kind == HLL and x is not None) else x)
-            for kind, x in zip(self._kinds, data)
-        ]

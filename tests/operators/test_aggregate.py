@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from engine.features.aggregates import ViewProgram
-from engine.features.columnar import ShardBatch
+from engine.features.shard import ShardBatch
 from engine.features.spec import FeatureView
 from operators.aggregate import AggregateSettings, FlushPacer, ShardLogic
 
