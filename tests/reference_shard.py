@@ -42,22 +42,11 @@ class RowProgram:
         self._where_slots = {w: i for i, w in enumerate(wheres)}
         self._where_preds = [self._predicate(w) for w in wheres]
         self._inputs = [self._input_fn(m) for m in self.measures]
-        view = self.view
-        self._window_columns = {
-            w.name: [(f"{feat.name}_{w.name}", feat) for feat in view.features if w.name in view.windows_of(feat)]
-            for w in view.windows
-        }
+        windows = [w.name for w in self.view.windows]
         self._finalizers = {
-            w: [(col, feat, self._finalizer(feat)) for col, feat in cols] for w, cols in self._window_columns.items()
+            w: [(col, feat, self._finalizer(feat)) for col, feat in program.window_features(w)] for w in windows
         }
-        self._ratios = {}
-        for w, cols in self._window_columns.items():
-            pos = {feat.name: i for i, (_, feat) in enumerate(cols)}
-            self._ratios[w] = [
-                (i, pos[feat.numerator or ""], pos[feat.denominator or ""])
-                for i, (_, feat) in enumerate(cols)
-                if feat.agg is Agg.RATIO
-            ]
+        self._ratios = {w: program.ratio_positions(w) for w in windows}
 
     def columns(self, window: str) -> list[str]:
         return self.program.columns(window)

@@ -320,6 +320,14 @@ class ViewProgram:
                 out[pos] = np.where(np.isnan(num) | np.isnan(den) | (den == 0), np.nan, num / den)
         return [_none_for_nan(col) for col in out]
 
+    def window_features(self, window: str) -> list[tuple[str, Feature]]:
+        """``(column, feature)`` of one window, in column order."""
+        return list(self._window_columns[window])
+
+    def ratio_positions(self, window: str) -> list[tuple[int, int, int]]:
+        """Per ratio column of a window: its position, its numerator's and its denominator's."""
+        return list(self._ratios[window])
+
     def columns(self, window: str) -> list[str]:
         """Column names of one window, in the order of :meth:`window_columns`."""
         return [column for column, _ in self._window_columns[window]]
