@@ -115,7 +115,7 @@ def parse_batch(
 
     ``metrics`` counts ``rtml_events_valid_total{topic}`` / ``rtml_events_invalid_total{topic,reason}``.
 
-    >>> b = RawBatch("predictions", 0, [(0, b'{"request_id": "r", "model": "m", "event_time_ms": 5}', None),
+    >>> b = RawBatch.of("predictions", 0, [(0, b'{"request_id": "r", "model": "m", "event_time_ms": 5}', None),
     ...                                 (1, b'not json', [("content-type", b"x")])])
     >>> out = parse_batch(b, now_ms=lambda: 7)
     >>> [r.request_id for r in out.by_model["m"]], [(d.reason, d.offset, d.original_headers) for d in out.dead]

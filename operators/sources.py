@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from engine.metrics import SourceMetrics
@@ -31,17 +31,36 @@ RawMessage = tuple[int, bytes | None, list[tuple[str, bytes]] | None]
 
 @dataclass(slots=True)
 class RawBatch:
-    """Messages of one source partition, in order.
+    """Messages of one source partition, in order, as columns (offsets, values, headers).
 
     ``backlog``: how many messages of the partition were still waiting after this batch
     (from the high watermark of the last fetch response; 0 when unknown). Downstream steps
     tell catching up from keeping up by it.
+
+    >>> RawBatch.of("t", 0, [(7, b"{}", None)]).messages
+    [(7, b'{}', None)]
     """
 
     topic: str
     partition: int
-    messages: list[RawMessage]
+    offsets: list[int]
+    values: list[bytes | None]
+    headers: list[list[tuple[str, bytes]] | None]
     backlog: int = 0
+
+    @classmethod
+    def of(cls, topic: str, partition: int, messages: Sequence[RawMessage], backlog: int = 0) -> "RawBatch":
+        """A batch from ``(offset, value, headers)`` messages."""
+        return cls(topic, partition, [m[0] for m in messages], [m[1] for m in messages], [m[2] for m in messages],
+                   backlog)
+
+    @property
+    def messages(self) -> list[RawMessage]:
+        """``(offset, value, headers)`` per message."""
+        return list(zip(self.offsets, self.values, self.headers))
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
 
 class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
@@ -85,30 +104,30 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 self._end = high
                 if self._offset < 0 and not msgs:  # OFFSET_BEGINNING / OFFSET_END, nothing read
                     self._offset = low if self._offset == OFFSET_BEGINNING else high
-        out: list[RawMessage] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                # Transient broker errors: librdkafka retries; the stall alert covers outages.
-                continue
-            if self._end is not None and msg.offset() >= self._end:
-                break
-            out.append((msg.offset(), msg.value(), msg.headers()))
+        # Error entries (transient broker errors: librdkafka retries, and the stall alert
+        # covers outages; partition EOF) carry no message.
+        if any([m.error() for m in msgs]):
+            msgs = [m for m in msgs if m.error() is None]
+        offsets = [m.offset() for m in msgs]
+        if self._end is not None and offsets and offsets[-1] >= self._end:
+            keep = sum(1 for o in offsets if o < self._end)
+            msgs, offsets = msgs[:keep], offsets[:keep]
         now = time.monotonic()
-        if out:
-            self._offset = out[-1][0] + 1
+        if offsets:
+            self._offset = offsets[-1] + 1
             if self._metrics is not None:
-                self._metrics.events_in.labels(self._topic).inc(len(out))
+                self._metrics.events_in.labels(self._topic).inc(len(offsets))
                 self._metrics.input_position.labels(*self._labels).set(self._offset)
-        backlog = self._backlog() if (out or now >= self._next_lag_check) else 0
+        backlog = self._backlog() if (offsets or now >= self._next_lag_check) else 0
         if self._metrics is not None and now >= self._next_lag_check:
             self._next_lag_check = now + 1.0
             self._metrics.input_lag.labels(*self._labels).set(backlog)
         # An empty poll backs off briefly so an idle source does not spin a core.
-        self._idle_until = 0.0 if out else now + 0.005
-        return [RawBatch(self._topic, self._partition, out, backlog)] if out else []
+        self._idle_until = 0.0 if offsets else now + 0.005
+        if not offsets:
+            return []
+        return [RawBatch(self._topic, self._partition, offsets, [m.value() for m in msgs],
+                         [m.headers() for m in msgs], backlog)]
 
     def _backlog(self) -> int:
         """Messages after the read position (0 when unknown)."""
@@ -215,8 +234,9 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         if self._pos >= len(self._lines):
             raise StopIteration()
         chunk = self._lines[self._pos : self._pos + self._batch_size]
+        start = self._pos
         self._pos += len(chunk)
-        batch = RawBatch(str(self._path), 0, [(self._pos - len(chunk) + i, line, None) for i, line in enumerate(chunk)],
+        batch = RawBatch(str(self._path), 0, list(range(start, self._pos)), list(chunk), [None] * len(chunk),
                          backlog=len(self._lines) - self._pos)
         if self._metrics is not None:
             self._metrics.events_in.labels(batch.topic).inc(len(chunk))

@@ -72,10 +72,8 @@ def validate_batch(
     """
     now = now_ms()
     topic, partition = batch.topic, batch.partition
-    messages = batch.messages
-    offsets = [m[0] for m in messages]
-    raws = [m[1] if m[1] is not None else b"" for m in messages]
-    headers = [m[2] for m in messages]
+    offsets, headers = batch.offsets, batch.headers
+    raws = batch.values if None not in batch.values else [b"" if v is None else v for v in batch.values]
     columns = validate_interaction_batch(raws, headers, now, max_future_ms)
     if columns is not None:
         out = ValidatedBatch(columns, Origins(topic, partition, offsets, raws, headers), backlog=batch.backlog)
