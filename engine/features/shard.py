@@ -452,12 +452,12 @@ class ShardAggregator:
                 out.append(union.get_result())
         return out
 
-    def _alive(self) -> np.ndarray:
-        """Rows with data in some tile."""
-        alive = np.zeros(self._capacity, bool)
+    def _alive(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Whether each of ``rows`` (default: every row) has data in some tile."""
+        alive = np.zeros(self._capacity if rows is None else len(rows), bool)
         for g in self._groups:
             for tile in g.tiles.values():
-                alive |= tile.hits > 0
+                alive |= (tile.hits if rows is None else tile.hits[rows]) > 0
         return alive
 
     def running(self, rows: Sequence[int] | np.ndarray, wall_now: float = 0.0) -> list[RunningValues]:
@@ -482,7 +482,7 @@ class ShardAggregator:
             for r, values, last, new in zip(rows.tolist(), zip(*columns), lasts, touched)
         ]
         self._touched[rows] = False
-        gone = rows[~self._alive()[rows]]
+        gone = rows[~self._alive(rows)]
         self._last_event[gone] = NO_EVENT  # everything expired; this write zeroed it
         return out
 
