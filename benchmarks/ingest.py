@@ -59,7 +59,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
 from engine.config import KafkaConfig, PipelineConfig, RtmlConfig, load_config
 from engine.runtime.jobs import dataflow_specs
-from engine.runtime.ports import free_port, port_is_open
+from engine.runtime.ports import free_port, free_port_range, port_is_open
 from engine.runtime.stack import LocalStack
 from engine.runtime.topics import ensure_topics, topic_end_offsets
 
@@ -325,29 +325,6 @@ def _bucket_delta(after: dict[float, float], before: dict[float, float]) -> dict
 
 
 # --------------------------------------------------------------------------- jobs
-
-
-def free_port_range(count: int, attempts: int = 50) -> int:
-    """A base port with ``count`` consecutive free ports (metrics of process i: base + i)."""
-    import socket
-
-    for _ in range(attempts):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for i in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 class Job:

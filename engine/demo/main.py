@@ -48,7 +48,7 @@ from engine.events.feedback import FeedbackSimulator
 from engine.events.schemas import Interaction, ItemUpdate, Label
 from engine.events.simulator import Simulator, SimulatorConfig
 from engine.runtime.jobs import job_specs
-from engine.runtime.ports import free_port
+from engine.runtime.ports import free_port, free_port_range
 from engine.runtime.progress import histogram_buckets, pipeline_progress, scrape, scrape_job
 from engine.runtime.stack import LocalStack
 from engine.runtime.supervisor import ProcessSpec, Supervisor
@@ -113,8 +113,9 @@ def _configure(cfg: RtmlConfig, run_dir: Path) -> RtmlConfig:
     bandits = run_dir / "bandits.yaml"
     bandits.write_text(f"bandits:\n  - {{name: {EXPLORE_BANDIT}, policy: thompson, dynamic_arms: true}}\n")
     cfg.learning.bandits = str(bandits)
-    for name in ("port", "learning_port", "drift_port", "supervisor_port"):
-        setattr(cfg.metrics, name, free_port())
+    for name in ("port", "learning_port", "drift_port"):  # process i serves on port + i
+        setattr(cfg.metrics, name, free_port_range(max(1, cfg.pipeline.processes)))
+    cfg.metrics.supervisor_port = free_port()
     return cfg
 
 

@@ -21,7 +21,7 @@ from engine.events.producer import ProduceStats, Topics, produce
 from engine.events.simulator import Simulator, SimulatorConfig
 from engine.features.online import OnlineStore
 from engine.runtime.jobs import dataflow_specs
-from engine.runtime.ports import free_port
+from engine.runtime.ports import free_port_range
 from engine.runtime.progress import histogram_quantile, pipeline_progress, scrape_job
 from engine.runtime.stack import LocalStack
 from engine.runtime.supervisor import Supervisor
@@ -53,7 +53,7 @@ def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1000.0) ->
     # A short lateness lets the 1-minute windows close within the tour.
     cfg.pipeline.allowed_lateness_ms = min(cfg.pipeline.allowed_lateness_ms, 5_000)
     if cfg.metrics.port:
-        cfg.metrics.port = free_port()
+        cfg.metrics.port = free_port_range(max(1, cfg.pipeline.processes))
     with LocalStack(cfg) as stack:
         stack.ensure_topics()
         cfg = stack.config

@@ -20,6 +20,32 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_range(count: int, host: str = LOOPBACK, attempts: int = 50) -> int:
+    """A base port with ``count`` consecutive ports free a moment ago (process i: base + i).
+
+    Dataflow processes serve metrics on ``metrics.port + process index``: a base from
+    :func:`free_port` alone leaves base + 1 to chance (an outgoing connection's ephemeral
+    port, say).
+    """
+    for _ in range(attempts):
+        base = free_port(host)
+        if base + count > 65535:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for i in range(count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind((host, base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
 def port_is_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
     """True when something accepts TCP connections on ``host:port``."""
     try:

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from engine.config import RtmlConfig, load_config
 from engine.runtime.jobs import dataflow_specs
-from engine.runtime.ports import free_port
+from engine.runtime.ports import free_port_range
 from engine.runtime.stack import LocalStack
 from engine.runtime.topics import ensure_topics, topic_partitions
 
@@ -75,7 +75,7 @@ def features_job(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Fe
         cfg = load_config(env={}, overrides={
             "kafka": {"bootstrap": stack.bootstrap, "events_topic": events_topic, "fetch_wait_max_ms": 50},
             "redis": {"url": stack.redis_url, "key_prefix": prefix},
-            "metrics": {"port": free_port()},
+            "metrics": {"port": free_port_range(processes)},
             "pipeline": {
                 "offline_dir": str(tmp_path / "offline"),
                 "recovery": recovery,
