@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -129,10 +130,25 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         assert self._shard is not None, "shard used before its first batch"
         return self._shard
 
-    def _emit(self, now: float, late: list[Origin], accepted: int) -> ShardOutput:
+    def _due(self) -> float:
+        """When the pending running values are written next.
+
+        On a grid of ``min_gap_s`` shared by every shard of the process (wall-clock
+        multiples), so that the shards flush in the same timer round and the sink writes
+        them to Redis in one round trip instead of one per shard.
+        """
+        grid = self._pacer.min_gap_s
+        if grid <= 0:
+            return self._last_flush + self._flush_gap
+        # From the grid step the last flush belonged to: a timer fires a little after its
+        # step, and counting from then would skip the next one.
+        step = math.floor(self._last_flush / grid + 1e-6)
+        return math.ceil(step + self._flush_gap / grid - 1e-6) * grid
+
+    def _emit(self, now: float, late: list[Origin], accepted: int, *, flush: bool = True) -> ShardOutput:
         out = ShardOutput(self._view, late=late, accepted=accepted)
         self.shard.expire(now)  # idle time may have slid tiles out since the last call
-        if self.shard.has_dirty and now - self._last_flush >= self._flush_gap:
+        if flush and self.shard.has_dirty and now >= self._due():
             started = time.perf_counter()
             out.running = self.shard.running(self.shard.take_dirty(), now)
             compute_s = time.perf_counter() - started
@@ -160,7 +176,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             self._catching_up = behind
             if not behind:  # caught up: back to live spacing at once, not after a long paced gap
                 self._flush_gap = self._pacer.min_gap_s
-        return [self._emit(now, late, self.shard.accepted - before)], False
+        # Writes go out from the timer (notify_at), aligned across shards; only with no
+        # flush interval at all does every batch write.
+        flush = self._pacer.min_gap_s <= 0
+        return [self._emit(now, late, self.shard.accepted - before, flush=flush)], False
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         if self._shard is None:
@@ -185,8 +204,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             return None
         now = self.clock()
         if self.shard.has_dirty:
-            due = self._last_flush + self._flush_gap
-            return datetime.fromtimestamp(max(due, now), tz=timezone.utc)
+            return datetime.fromtimestamp(max(self._due(), now), tz=timezone.utc)
         if self.settings.idle_advance and self.shard.max_event_ms is not None:
             return datetime.now(timezone.utc) + timedelta(seconds=_IDLE_TICK_S)
         return None

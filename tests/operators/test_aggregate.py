@@ -47,16 +47,56 @@ def test_shard_paces_flushes_only_while_catching_up() -> None:
         assert at is not None
         return (at - datetime.fromtimestamp(now[0], tz=timezone.utc)).total_seconds()
 
+    def flushed() -> set[str]:
+        outs, _ = logic.on_notify()
+        return {r.entity for out in outs for r in out.running}
+
     out, _ = logic.on_batch([("u", _batch(50, 0), True)])
-    assert len(out[0].running) == 50  # the first flush is immediate
+    assert out[0].running == []  # writes go out from the timer, aligned across shards
+    assert due_in() == 0.0
+    assert len(flushed()) == 50  # the first flush is due at once
     now[0] += 0.1
-    out, _ = logic.on_batch([("u", _batch(50, 100), True)])
-    assert out[0].running == []  # behind: writes coalesce for 50 x 10 ms / 0.1 = 5 s
-    assert due_in() == pytest.approx(5.0 - 0.1, rel=0.01)
+    logic.on_batch([("u", _batch(50, 100), True)])
+    # Behind: writes coalesce for 50 x 10 ms / 0.1 = 5 s (then up to the next 20 ms step).
+    assert 4.9 - 1e-6 <= due_in() <= 4.92
+    assert flushed() == set()
     now[0] += 0.1
-    out, _ = logic.on_batch([("u", _batch(5, 200), False)])
-    # Caught up: live spacing at once, so the pending values are written now.
-    assert {r.entity for r in out[0].running} == {f"u{i}" for i in range(50)}
-    now[0] += 0.001
+    logic.on_batch([("u", _batch(5, 200), False)])
+    # Caught up: live spacing at once, so the pending values are written at the next step.
+    assert due_in() == 0.0
+    assert flushed() == {f"u{i}" for i in range(50)}
     logic.on_batch([("u", _batch(1, 300), False)])
-    assert due_in() == pytest.approx(0.019, abs=1e-3)
+    assert 0.0 < due_in() <= 0.02
+
+
+def test_flushes_fall_on_a_grid_shared_by_the_shards() -> None:
+    now = [1000.005]
+    pacer = FlushPacer(min_gap_s=0.02, share=0.1)
+    settings = AggregateSettings(0, 60_000, False, 20)
+    shards = [ShardLogic({"u": ViewProgram(VIEW)}, settings, None, lambda: now[0], pacer) for _ in range(3)]
+    for i, logic in enumerate(shards):
+        now[0] += 0.003  # batches reach the shards at different moments
+        logic.on_batch([("u", _batch(3, 10 * i), False)])
+        logic.on_notify()  # each one's first flush is due at once
+    now[0] += 0.004
+    for i, logic in enumerate(shards):
+        logic.on_batch([("u", _batch(3, 100 + 10 * i), False)])
+    dues = {logic.notify_at() for logic in shards}
+    assert len(dues) == 1  # one wall-clock step for all: one timer round, one Redis round trip
+    due = dues.pop().timestamp()
+    assert due == pytest.approx(round(due / 0.02) * 0.02, abs=1e-6)
+
+
+def test_a_timer_that_fires_late_does_not_skip_a_step() -> None:
+    now = [1000.0]
+    pacer = FlushPacer(min_gap_s=0.02, share=0.1)
+    logic = ShardLogic({"u": ViewProgram(VIEW)}, AggregateSettings(0, 60_000, False, 20), None, lambda: now[0], pacer)
+    logic.on_batch([("u", _batch(3, 0), False)])
+    logic.on_notify()
+    for step in range(1, 6):
+        logic.on_batch([("u", _batch(1, 10 * step), False)])
+        at = logic.notify_at()
+        assert at is not None and at.timestamp() == pytest.approx(1000.0 + 0.02 * step, abs=1e-6)
+        now[0] = at.timestamp() + 0.0015  # the timer runs 1.5 ms late
+        outs, _ = logic.on_notify()
+        assert outs and outs[0].running
