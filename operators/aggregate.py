@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -40,6 +39,8 @@ class AggregateSettings:
     sources: tuple[Hashable, ...] = ()  # every input partition, as (topic, partition)
 
 
+# How long a shard stays in catch-up spacing after the last batch read behind.
+_CATCH_UP_HOLD_S = 0.1
 # How often an idle shard wakes to let wall-clock time close windows (idle_advance only).
 _IDLE_TICK_S = 1.0
 
@@ -111,6 +112,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         self._last_flush = 0.0
         self._flush_gap = settings.flush_interval_ms / 1000
         self._catching_up = False
+        self._behind_until = 0.0
 
     def _init(self, view: str) -> ShardAggregator:
         self._view = view
@@ -135,19 +137,29 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
 
         On a grid of ``min_gap_s`` shared by every shard of the process (wall-clock
         multiples), so that the shards flush in the same timer round and the sink writes
-        them to Redis in one round trip instead of one per shard.
+        them to Redis in one round trip instead of one per shard. While catching up, no
+        later than when catching up may end.
         """
-        grid = self._pacer.min_gap_s
-        if grid <= 0:
-            return self._last_flush + self._flush_gap
-        # From the grid step the last flush belonged to: a timer fires a little after its
-        # step, and counting from then would skip the next one.
-        step = math.floor(self._last_flush / grid + 1e-6)
-        return math.ceil(step + self._flush_gap / grid - 1e-6) * grid
+        step_us = round(self._pacer.min_gap_s * 1e6)
+        if step_us <= 0:
+            due = self._last_flush + self._flush_gap
+        else:
+            # Whole microseconds, counted from the grid step the last flush belonged to: a
+            # timer fires a little after its step, and counting from then would skip one.
+            last_step = round(self._last_flush * 1e6) // step_us
+            due = (last_step + -(-round(self._flush_gap * 1e6) // step_us)) * step_us / 1e6
+        return min(due, self._behind_until) if self._catching_up else due
+
+    def _check_caught_up(self, now: float) -> None:
+        """Back to live spacing once no batch read behind arrived for a while."""
+        if self._catching_up and now >= self._behind_until:
+            self._catching_up = False
+            self._flush_gap = self._pacer.min_gap_s
 
     def _emit(self, now: float, late: list[Origin], accepted: int, *, flush: bool = True) -> ShardOutput:
         out = ShardOutput(self._view, late=late, accepted=accepted)
         self.shard.expire(now)  # idle time may have slid tiles out since the last call
+        self._check_caught_up(now)
         if flush and self.shard.has_dirty and now >= self._due():
             started = time.perf_counter()
             out.running = self.shard.running(self.shard.take_dirty(), now)
@@ -172,10 +184,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         for _, events, batch_behind in values:
             late.extend(self.shard.ingest(events, now))
             behind = behind or batch_behind
-        if behind != self._catching_up:
-            self._catching_up = behind
-            if not behind:  # caught up: back to live spacing at once, not after a long paced gap
-                self._flush_gap = self._pacer.min_gap_s
+        if behind:
+            # Catching up while batches read behind keep coming (from any partition of the
+            # shard), and for a short hold after: a shard that hears nothing more, or whose
+            # partitions have all caught up, returns to live spacing within the hold.
+            self._catching_up = True
+            self._behind_until = now + _CATCH_UP_HOLD_S
         # Writes go out from the timer (notify_at), aligned across shards; only with no
         # flush interval at all does every batch write.
         flush = self._pacer.min_gap_s <= 0

@@ -109,12 +109,23 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if any([m.error() for m in msgs]):
             msgs = [m for m in msgs if m.error() is None]
         offsets = [m.offset() for m in msgs]
-        if self._end is not None and offsets and offsets[-1] >= self._end:
-            keep = sum(1 for o in offsets if o < self._end)
+        past_end = self._end is not None and bool(offsets) and offsets[-1] >= self._end
+        if past_end:
+            keep = sum(1 for o in offsets if o < self._end)  # type: ignore[operator]
             msgs, offsets = msgs[:keep], offsets[:keep]
         now = time.monotonic()
         if offsets:
             self._offset = offsets[-1] + 1
+        elif self._end is not None and not msgs and self._offset < self._end:
+            # Nothing more came: the client's position moves past records it does not hand
+            # out (transaction markers), so it tells whether the end was reached.
+            position = self._consumer.position([self._tp])[0].offset
+            past_end = position >= self._end
+        if past_end:
+            # Everything before the end has been read, even when the last offsets below it
+            # never arrive (a transaction marker, a compacted gap): the bounded read is done.
+            self._offset = max(self._offset, self._end)  # type: ignore[type-var]
+        if offsets:
             if self._metrics is not None:
                 self._metrics.events_in.labels(self._topic).inc(len(offsets))
                 self._metrics.input_position.labels(*self._labels).set(self._offset)

@@ -300,7 +300,9 @@ def validate_interaction_batch(
     now_ms: int,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
 ) -> InteractionColumns | None:
-    """Every message of a batch as columns when all are valid header-less JSON, else None.
+    """Every message of a batch as columns when all are valid JSON objects, else None.
+
+    JSON here means no content-type header or a JSON one (other headers are ignored).
 
     The same rules as :func:`validate_interaction`, checked a column at a time: the common
     case costs a parse and a few C-level passes per batch instead of a function per event.
