@@ -139,14 +139,19 @@ class _Tile:
         self.texts = texts
 
     @classmethod
-    def empty(cls, capacity: int, init: np.ndarray, with_last: bool, text_slots: Sequence[int]) -> "_Tile":
+    def empty(cls, capacity: int, init: np.ndarray, n_last: int, text_slots: Sequence[int]) -> "_Tile":
+        """``n_last``: how many numeric last slots need event times (one row each)."""
         acc = np.repeat(init[:, None], capacity, axis=1)
-        last_t = np.full((len(init), capacity), NO_EVENT, np.int64) if with_last else None
+        last_t = np.full((n_last, capacity), NO_EVENT, np.int64) if n_last else None
         return cls(np.zeros(capacity, np.int64), acc, last_t, {j: {} for j in text_slots})
+
+    @property
+    def n_last(self) -> int:
+        return 0 if self.last_t is None else len(self.last_t)
 
     def resized(self, capacity: int, init: np.ndarray) -> "_Tile":
         """A copy with room for ``capacity`` rows (new rows empty) or cut to it."""
-        grown = _Tile.empty(capacity, init, self.last_t is not None, ())
+        grown = _Tile.empty(capacity, init, self.n_last, ())
         n = min(capacity, len(self.hits))
         grown.hits[:n] = self.hits[:n]
         grown.acc[:, :n] = self.acc[:, :n]
@@ -157,7 +162,7 @@ class _Tile:
 
     def taken(self, rows: np.ndarray, capacity: int, init: np.ndarray) -> "_Tile":
         """A tile of ``capacity`` rows holding this tile's ``rows`` in order (compaction)."""
-        out = _Tile.empty(capacity, init, self.last_t is not None, ())
+        out = _Tile.empty(capacity, init, self.n_last, ())
         n = len(rows)
         out.hits[:n] = self.hits[rows]
         out.acc[:, :n] = self.acc[:, rows]
@@ -213,6 +218,7 @@ class ShardAggregator:
         self._min = [j for j, k in enumerate(kinds) if k == MIN]
         self._max = [j for j, k in enumerate(kinds) if k == MAX]
         self._last = [j for j, k in enumerate(kinds) if k == LAST]
+        self._last_row = {j: i for i, j in enumerate(self._last)}  # slot -> row of a tile's last_t
         self._sketches = [j for j, k in enumerate(kinds) if k == HLL]
         self._last_texts = [j for j, k in enumerate(kinds) if k == LAST_STR]
         self._text_slots = self._sketches + self._last_texts
@@ -322,7 +328,7 @@ class ShardAggregator:
     def _tile(self, g: _Group, k: int) -> _Tile:
         tile = g.tiles.get(k)
         if tile is None:
-            tile = g.tiles[k] = _Tile.empty(self._capacity, self._init, bool(self._last), self._text_slots)
+            tile = g.tiles[k] = _Tile.empty(self._capacity, self._init, len(self._last), self._text_slots)
         return tile
 
     def _fold(self, tile: _Tile, rows: np.ndarray, times: np.ndarray, inputs: np.ndarray,
@@ -344,7 +350,7 @@ class ShardAggregator:
             np.maximum.at(acc[j], rows[m], inputs[m, j])
         for j in self._last:
             m = present[:, j]
-            self._fold_last(tile, j, rows[m], times[m], inputs[m, j])
+            self._fold_last(tile, j, self._last_row[j], rows[m], times[m], inputs[m, j])
         if texts:
             row_list, time_list = rows.tolist(), times.tolist()
             for j in self._sketches:
@@ -363,7 +369,7 @@ class ShardAggregator:
                         lasts[r] = (t, x)
 
     @staticmethod
-    def _fold_last(tile: _Tile, j: int, rows: np.ndarray, times: np.ndarray, values: np.ndarray) -> None:
+    def _fold_last(tile: _Tile, j: int, li: int, rows: np.ndarray, times: np.ndarray, values: np.ndarray) -> None:
         """Keep the value of the newest event per row; ties in time keep the larger value."""
         if not len(rows):
             return
@@ -373,9 +379,9 @@ class ShardAggregator:
         final[:-1] = rows[1:] != rows[:-1]  # the greatest (time, value) of each row comes last
         rows, times, values = rows[final], times[final], values[final]
         assert tile.last_t is not None
-        cur_t, cur_v = tile.last_t[j, rows], tile.acc[j, rows]
+        cur_t, cur_v = tile.last_t[li, rows], tile.acc[j, rows]
         newer = (times > cur_t) | ((times == cur_t) & (values > cur_v))
-        tile.last_t[j, rows[newer]] = times[newer]
+        tile.last_t[li, rows[newer]] = times[newer]
         tile.acc[j, rows[newer]] = values[newer]
 
     def expire(self, wall_now: float) -> None:
@@ -426,7 +432,7 @@ class ShardAggregator:
             if maxs:
                 out[maxs] = np.maximum(out[maxs], part[maxs])
             for j in self._last:
-                has = tile.last_t[j, rows] != NO_EVENT  # type: ignore[index]
+                has = tile.last_t[self._last_row[j], rows] != NO_EVENT  # type: ignore[index]
                 out[j, has] = part[j, has]
         if mins or maxs:
             bounded = mins + maxs
@@ -489,7 +495,9 @@ class ShardAggregator:
     def close_windows(self, wall_now: float) -> list[dict[str, Any]]:
         """Final values of every window that the watermark has closed since the last call.
 
-        One row per (entity, window, window end) with data; tiles no window needs are dropped.
+        One row per (entity, window, window end) with data; tiles no window needs are
+        dropped, and dead rows compacted once every group is done (rows keep their numbers
+        until then).
         """
         wm = self.watermark_ms(wall_now)
         if wm is None:
@@ -497,6 +505,7 @@ class ShardAggregator:
         limit = wm - self.allowed_lateness_ms
         out: list[dict[str, Any]] = []
         names = self._names
+        dropped = False
         for g in self._groups:
             S = g.slide_ms
             closable = (limit // S) * S
@@ -534,19 +543,24 @@ class ShardAggregator:
                     g.closed_upto_ms = max(end, closable)
                     break
                 end = max(end + S, next_data * S + S)
-            self._purge(g)
+            dropped = self._drop_closed_tiles(g) or dropped
+        if dropped:
+            self._forget_and_compact()
         return out
 
-    def _purge(self, g: _Group) -> None:
-        """Drop tiles that every window containing them has closed past; compact dead rows."""
+    @staticmethod
+    def _drop_closed_tiles(g: _Group) -> bool:
+        """Drop tiles that every window containing them has closed past; whether any went."""
         if g.closed_upto_ms is None:
-            return
+            return False
         horizon = (g.closed_upto_ms - g.max_tiles * g.slide_ms) // g.slide_ms  # tiles k <= horizon go
         gone = [k for k in g.tiles if k <= horizon]
-        if not gone:
-            return
         for k in gone:
             del g.tiles[k]
+        return bool(gone)
+
+    def _forget_and_compact(self) -> None:
+        """After tiles were dropped: forget entities left without data, compact dead rows."""
         alive = self._alive()
         # Entities left without data whose zeroing write already happened.
         self._last_event[~alive & ~self._dirty] = NO_EVENT
