@@ -2,12 +2,15 @@
 
 Both emit one :class:`RawBatch` per poll instead of one item per message: the
 per-item overhead of the dataflow is then paid once per batch, and downstream
-steps work on plain lists. Offsets (Kafka) and line numbers (files) are the
+steps work on plain lists. Offsets (Kafka) and event positions (files: the n-th
+non-blank line or Parquet row) are the
 resume state, so recovery replays from the last snapshot exactly.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +27,10 @@ from engine.metrics import SourceMetrics
 
 if TYPE_CHECKING:
     from engine.config import RtmlConfig
+
+log = logging.getLogger(__name__)
+# A consumer error of the same kind is logged at most this often per partition.
+_ERROR_LOG_EVERY_S = 10.0
 
 # (offset, value, headers or None)
 RawMessage = tuple[int, bytes | None, list[tuple[str, bytes]] | None]
@@ -91,6 +98,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._next_lag_check = 0.0
         self._labels = (topic, str(partition))
         self._tp = TopicPartition(topic, partition)
+        self._error_logged: dict[Any, float] = {}
         if metrics is not None:
             metrics.input_position.labels(*self._labels).set(offset if offset >= 0 else 0)
 
@@ -105,8 +113,11 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 if self._offset < 0 and not msgs:  # OFFSET_BEGINNING / OFFSET_END, nothing read
                     self._offset = low if self._offset == OFFSET_BEGINNING else high
         # Error entries (transient broker errors: librdkafka retries, and the stall alert
-        # covers outages; partition EOF) carry no message.
+        # covers outages; partition EOF) carry no message; each kind is logged now and then.
         if any([m.error() for m in msgs]):
+            for m in msgs:
+                if m.error() is not None:
+                    self._log_error(m.error())
             msgs = [m for m in msgs if m.error() is None]
         offsets = [m.offset() for m in msgs]
         past_end = self._end is not None and bool(offsets) and offsets[-1] >= self._end
@@ -139,6 +150,15 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             return []
         return [RawBatch(self._topic, self._partition, offsets, [m.value() for m in msgs],
                          [m.headers() for m in msgs], backlog)]
+
+    def _log_error(self, err: Any) -> None:
+        code = err.code() if hasattr(err, "code") else str(err)
+        now = time.monotonic()
+        if now - self._error_logged.get(code, -math.inf) >= _ERROR_LOG_EVERY_S:
+            self._error_logged[code] = now
+            fatal = err.fatal() if hasattr(err, "fatal") else False
+            log.log(logging.ERROR if fatal else logging.WARNING, "%s[%d]: consumer %s error: %s",
+                    self._topic, self._partition, "fatal" if fatal else "transient", err)
 
     def _backlog(self) -> int:
         """Messages after the read position (0 when unknown)."""

@@ -82,9 +82,12 @@ def test_a_bounded_read_ends_when_the_last_record_is_a_transaction_marker(monkey
     assert _drain(_partition(monkeypatch, client)) == list(range(5))
 
 
-def test_error_entries_are_skipped_and_batches_are_columns(monkeypatch) -> None:
-    client = _Client([[_Msg(0), _Msg(-1, None, "broker down"), _Msg(1, b'{"a":1}')]], high=2, position=2)
+def test_error_entries_are_skipped_logged_and_batches_are_columns(monkeypatch, caplog) -> None:
+    errors = [_Msg(-1, None, "broker down"), _Msg(-1, None, "broker down")]
+    client = _Client([[_Msg(0), *errors, _Msg(1, b'{"a":1}')]], high=2, position=2)
     part = _partition(monkeypatch, client)
-    (batch,) = part.next_batch()
+    with caplog.at_level("WARNING", logger="operators.sources"):
+        (batch,) = part.next_batch()
+    assert [r.getMessage() for r in caplog.records] == ["t[0]: consumer transient error: broker down"]
     assert (batch.offsets, batch.values, batch.headers) == ([0, 1], [b"{}", b'{"a":1}'], [None, None])
     assert batch.messages == [(0, b"{}", None), (1, b'{"a":1}', None)]
