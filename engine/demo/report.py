@@ -62,6 +62,10 @@ class DemoResults:
     events_per_s: float  # events ingested by the features dataflow, per second
     freshness_p50_ms: float | None = None  # feature freshness (write wall clock - event time)
     freshness_p99_ms: float | None = None
+    # The same after the live phase's first seconds, while learning, drift and serving start up.
+    steady_freshness_p50_ms: float | None = None
+    steady_freshness_p99_ms: float | None = None
+    steady_after_s: float | None = None
     rpcs: list[RpcStats] = field(default_factory=list)
     auc: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # learner -> online AUC
     drift_at_s: float | None = None  # the true (simulated) drift time
@@ -185,6 +189,9 @@ def _markdown(r: DemoResults, plots: dict[str, str]) -> str:
         ["events ingested per second", f"{r.events_per_s:,.0f}"],
         ["feature freshness p50", _ms(r.freshness_p50_ms)],
         ["feature freshness p99", _ms(r.freshness_p99_ms)],
+        *([[f"feature freshness p50 / p99 after the first {r.steady_after_s:.0f} s",
+            f"{_ms(r.steady_freshness_p50_ms)} / {_ms(r.steady_freshness_p99_ms)}"]]
+          if r.steady_after_s is not None else []),
     ])
     if r.rpcs:
         out += ["", "## Serving", ""]

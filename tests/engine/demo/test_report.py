@@ -17,6 +17,9 @@ def _results() -> DemoResults:
         events_per_s=12_345.0,
         freshness_p50_ms=42.25,
         freshness_p99_ms=107.5,
+        steady_freshness_p50_ms=30.5,
+        steady_freshness_p99_ms=88.25,
+        steady_after_s=10.0,
         rpcs=[RpcStats("Recommend", 812.0, 9.4, 31.2), RpcStats("Predict", 2_650.0, 3.1, 12.8)],
         auc={
             "logreg": [(10.0, 0.612), (20.0, 0.701), (30.0, 0.723), (40.0, 0.588), (50.0, 0.655), (60.0, 0.694)],
@@ -53,6 +56,7 @@ def test_report_mentions_every_number_and_writes_the_plots(tmp_path: Path) -> No
     text = path.read_text()
     for needle in (
         "12,345", "42.2 ms", "107.5 ms",  # ingest and freshness
+        "feature freshness p50 / p99 after the first 10 s", "30.5 ms / 88.2 ms",
         "Recommend", "812", "9.4 ms", "31.2 ms", "Predict", "2,650", "3.1 ms", "12.8 ms",  # serving
         "True drift at 30.0 s",
         "first AUC", "0.612", "0.723", "0.588", "0.694", "0.601", "0.699", "0.571", "0.677",  # per learner
