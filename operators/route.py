@@ -81,8 +81,8 @@ class Router:
                         e = entities[i]
                         shard_nos[i] = memo[e] = shard_of(e, self.shards)
             name = program.view.name
-            chosen = events if len(positions) == len(events) else events.take(positions)
-            times = np.asarray(chosen.event_time, np.int64)
+            chosen = events if len(positions) == len(events) else events.at(positions)
+            times = np.asarray(chosen.field("event_time"), np.int64)
             inputs, texts = program.input_columns(chosen)
             # Group by shard with one stable sort, then cut each column into slices.
             codes = np.asarray(shard_nos, np.int64)

@@ -65,7 +65,21 @@ class InteractionColumns:
         return Interaction(self.user_id[i], self.item_id[i], self.event_type[i], self.event_time[i],
                            self.context[i], self.request_id[i])
 
-    def take(self, positions: Sequence[int]) -> "InteractionColumns":
-        """The events at ``positions``, in that order."""
-        return InteractionColumns(*([col[i] for i in positions] for col in (
-            self.user_id, self.item_id, self.event_type, self.event_time, self.context, self.request_id)))
+    def at(self, positions: Sequence[int]) -> "ColumnsAt":
+        """The events at ``positions``, in that order (a field is copied only when read)."""
+        return ColumnsAt(self, positions)
+
+
+class ColumnsAt:
+    """Some events of :class:`InteractionColumns`, by position, read a field at a time."""
+
+    def __init__(self, columns: InteractionColumns, positions: Sequence[int]) -> None:
+        self.columns = columns
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def field(self, path: str) -> list[Any]:
+        values = self.columns.field(path)
+        return [values[i] for i in self.positions]

@@ -144,7 +144,6 @@ class ViewProgram:
                     measures.append(m)
         self.measures: tuple[Measure, ...] = tuple(measures)
         self._index = {m: i for i, m in enumerate(self.measures)}
-        self._entity_getters = [field_getter(f) for f in view.entity]
         self._event_types = frozenset(view.event_types) if view.event_types is not None else None
         self._where_slots = sorted({m.where for m in self.measures if m.where})
         self._kinds = tuple(m.kind for m in self.measures)
@@ -168,16 +167,7 @@ class ViewProgram:
 
         Composite keys join the fields with ``|``; ``%`` and ``|`` inside values are escaped.
         """
-        if len(self._entity_getters) == 1:  # the common case, on the hot path
-            value = self._entity_getters[0](event)
-            return None if value is None or value == "" else str(value)
-        parts = []
-        for get in self._entity_getters:
-            value = get(event)
-            if value is None or value == "":
-                return None
-            parts.append(str(value))
-        return composite_key(parts)
+        return self.entity_column(EventRows([event]))[0]
 
     @property
     def event_types(self) -> frozenset[str] | None:

@@ -149,19 +149,8 @@ class _Tile:
     def n_last(self) -> int:
         return 0 if self.last_t is None else len(self.last_t)
 
-    def resized(self, capacity: int, init: np.ndarray) -> "_Tile":
-        """A copy with room for ``capacity`` rows (new rows empty) or cut to it."""
-        grown = _Tile.empty(capacity, init, self.n_last, ())
-        n = min(capacity, len(self.hits))
-        grown.hits[:n] = self.hits[:n]
-        grown.acc[:, :n] = self.acc[:, :n]
-        if self.last_t is not None:
-            grown.last_t[:, :n] = self.last_t[:, :n]  # type: ignore[index]
-        grown.texts = {j: {r: p for r, p in d.items() if r < capacity} for j, d in self.texts.items()}
-        return grown
-
     def taken(self, rows: np.ndarray, capacity: int, init: np.ndarray) -> "_Tile":
-        """A tile of ``capacity`` rows holding this tile's ``rows`` in order (compaction)."""
+        """A tile of ``capacity`` rows holding this tile's ``rows`` in order (growth, compaction)."""
         out = _Tile.empty(capacity, init, self.n_last, ())
         n = len(rows)
         out.hits[:n] = self.hits[rows]
@@ -241,17 +230,22 @@ class ShardAggregator:
 
     # -- rows -------------------------------------------------------------------
     def _grow(self, capacity: int) -> None:
-        def resized(a: np.ndarray, fill: Any) -> np.ndarray:
+        """Room for ``capacity`` rows; the rows in use keep their numbers."""
+        self._renumber(np.arange(min(len(self._last_event), capacity)), capacity)
+
+    def _renumber(self, keep: np.ndarray, capacity: int) -> None:
+        """Arrays of ``capacity`` rows holding the rows ``keep``, in that order (then empty rows)."""
+
+        def taken(a: np.ndarray, fill: Any) -> np.ndarray:
             out = np.full(capacity, fill, a.dtype)
-            n = min(capacity, len(a))
-            out[:n] = a[:n]
+            out[: len(keep)] = a[keep]
             return out
 
-        self._last_event = resized(self._last_event, NO_EVENT)
-        self._dirty = resized(self._dirty, False)
-        self._touched = resized(self._touched, False)
+        self._last_event = taken(self._last_event, NO_EVENT)
+        self._dirty = taken(self._dirty, False)
+        self._touched = taken(self._touched, False)
         for g in self._groups:
-            g.tiles = {k: t.resized(capacity, self._init) for k, t in g.tiles.items()}
+            g.tiles = {k: t.taken(keep, capacity, self._init) for k, t in g.tiles.items()}
         self._capacity = capacity
 
     def _rows_of(self, entities: list[str]) -> np.ndarray:
@@ -570,23 +564,10 @@ class ShardAggregator:
 
     def _compact(self) -> None:
         """Renumber rows, keeping entities that have an event time (the rest hold nothing)."""
-        n = len(self._names)
-        keep = np.flatnonzero(self._last_event[:n] != NO_EVENT)
-        capacity = max(64, 2 * len(keep))
-        for g in self._groups:
-            g.tiles = {k: t.taken(keep, capacity, self._init) for k, t in g.tiles.items()}
-
-        def taken(a: np.ndarray, fill: Any) -> np.ndarray:
-            out = np.full(capacity, fill, a.dtype)
-            out[: len(keep)] = a[keep]
-            return out
-
-        self._last_event = taken(self._last_event, NO_EVENT)
-        self._dirty = taken(self._dirty, False)
-        self._touched = taken(self._touched, False)
+        keep = np.flatnonzero(self._last_event[: len(self._names)] != NO_EVENT)
+        self._renumber(keep, max(64, 2 * len(keep)))
         self._names = [self._names[r] for r in keep.tolist()]
         self._row = {e: i for i, e in enumerate(self._names)}
-        self._capacity = capacity
 
     # -- recovery -------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
