@@ -29,13 +29,14 @@ from engine.bandits.spec import BanditSpec, load_bandit_specs
 from engine.config import RtmlConfig, load_config
 from engine.learning.join import JoinSettings
 from engine.learning.learners import LearnerSpec, default_learners_path, load_learners
-from engine.learning.records import JoinedExample
 from engine.learning.snapshots import encode_key
 from engine.metrics import LearningMetrics
 from engine.runtime.gc_tuning import tune_gc
 from operators.learn import (
     JoinOutput,
     JoinLogic,
+    LearnerBatch,
+    LearnerInput,
     LearnerLogic,
     LearnSettings,
     ParseSettings,
@@ -116,13 +117,13 @@ def build_learning_flow(
     )
     specs = {s.name: s for s in learners}
 
-    def route(out: JoinOutput) -> list[tuple[str, tuple[str, list[JoinedExample]]]]:
+    def route(out: JoinOutput) -> list[tuple[str, LearnerInput]]:
         # One item per learner per join output: Bytewax's per-item cost is paid per batch.
-        routed: list[tuple[str, tuple[str, list[JoinedExample]]]] = []
+        routed: list[tuple[str, LearnerInput]] = []
         for name, spec in specs.items():
             mine = [ex for ex in out.examples if spec.learns_from(ex.prediction.model, ex.prediction.variant)]
             if mine:
-                routed.append((name, (name, mine)))
+                routed.append((name, (name, LearnerBatch.of(mine))))
         return routed
 
     flow = Dataflow("rtml_learning")

@@ -224,8 +224,44 @@ class LearnOutput:
     snapshot_version: str | None = None
 
 
-# Routed examples: the learner's name and a list of its examples (the builder does not see the key).
-LearnerInput = tuple[str, list[JoinedExample]]
+@dataclass(slots=True)
+class LearnerBatch:
+    """A learner's share of one join output, as columns: what learning reads, nothing more.
+
+    It crosses processes when the learner runs in a process of its own: three lists pickle
+    in a fraction of the time of the examples' records (~1 µs an example with 20 features,
+    against ~7 µs). ``label_times`` are the examples' label times, the learning order.
+    """
+
+    values: list[dict[str, Any]]
+    labels: list[float]
+    label_times: list[int]
+
+    @classmethod
+    def of(cls, examples: list[JoinedExample]) -> "LearnerBatch":
+        return cls([ex.prediction.features for ex in examples], [ex.label for ex in examples],
+                   [ex.label_time_ms for ex in examples])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def in_label_time_order(cls, batches: list["LearnerBatch"]) -> "LearnerBatch":
+        """One batch of all, ordered by label time (stable: one shard's examples keep their order)."""
+        if len(batches) == 1:
+            merged = batches[0]
+        else:
+            merged = cls([v for b in batches for v in b.values], [y for b in batches for y in b.labels],
+                         [t for b in batches for t in b.label_times])
+        times = merged.label_times
+        if all(a <= b for a, b in zip(times, times[1:])):
+            return merged
+        order = sorted(range(len(times)), key=times.__getitem__)
+        return cls([merged.values[i] for i in order], [merged.labels[i] for i in order], [times[i] for i in order])
+
+
+# Routed examples: the learner's name and its batch (the builder does not see the key).
+LearnerInput = tuple[str, LearnerBatch]
 
 
 class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner]):
@@ -264,18 +300,23 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
             learner = self._init(OnlineLearner(self.specs[values[0][0]], window=s.window, detector=s.detector,
                                                on_drift=s.on_drift, detector_grace=s.detector_grace))
         out = LearnOutput(self.spec.name)
-        examples = [ex for _, batch in values for ex in batch]
-        examples.sort(key=_label_time)
-        for example in examples:
+        batch = LearnerBatch.in_label_time_order([b for _, b in values])
+        times = batch.label_times
+        at = 0
+        # Learn in runs that end at each report and each drift, so both see exactly the
+        # examples before them.
+        while at < len(times):
             if self._window_start_ms is None:
-                self._window_start_ms = example.label_time_ms
-            if learner.learn(example):
-                out.alerts.append(self._concept_alert(example))
+                self._window_start_ms = times[at]
+            taken, drift = learner.learn_many(batch.values, batch.labels, at, self._next_report)
+            at += taken
+            if drift:
+                out.alerts.append(self._concept_alert(times[at - 1]))
                 self._window_start_ms = None
             if learner.seen >= self._next_report:
                 out.reports.append(self._report())
                 self._next_report += self.settings.report_every
-        out.learned = len(examples)
+        out.learned = len(times)
         now = self.clock()
         s = self.settings
         if s.model_repository and learner.snapshot_due(s.snapshot_every_examples, s.snapshot_every_s, now):
@@ -286,7 +327,7 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
         assert self.learner is not None
         return {**self.learner.report(), "at_ms": int(self.clock() * 1000)}
 
-    def _concept_alert(self, example: JoinedExample) -> DriftAlert:
+    def _concept_alert(self, label_time_ms: int) -> DriftAlert:
         learner = self.learner
         assert learner is not None
         rolling = learner.validation.report()["rolling"]
@@ -298,8 +339,8 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
             statistic=f"{self.settings.detector}_error_rise",
             value=float(error) if error is not None else float("nan"),
             threshold=0.0,
-            window_start_ms=self._window_start_ms or example.label_time_ms,
-            window_end_ms=example.label_time_ms,
+            window_start_ms=self._window_start_ms or label_time_ms,
+            window_end_ms=label_time_ms,
             at_ms=int(self.clock() * 1000),
             details={
                 "detector": repr(learner.detector),
@@ -330,10 +371,6 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
     def snapshot(self) -> OnlineLearner:
         assert self.learner is not None
         return self.learner
-
-
-def _label_time(example: JoinedExample) -> int:
-    return example.label_time_ms
 
 
 def model_repository_path(path: str | None) -> str | None:

@@ -5,7 +5,8 @@
 * ``"ddm"`` -- ``river.drift.binary.DDM``; one-sided by construction (fires when
   ``p + s > p_min + 3 s_min``), so every DDM drift is an error rise.
 * ``"hddm_a"`` -- ``river.drift.binary.HDDMA`` with ``two_sided_test=False`` (river's default):
-  tests only for an increase of the mean.
+  tests only for an increase of the mean. It runs as :class:`~engine.drift.hddm_a.HDDMAIncrease`,
+  which makes river's decisions bit for bit at a fraction of the cost (no warning state).
 * ``"adwin"`` -- ``river.drift.ADWIN``; two-sided: it also fires when the error *falls* (e.g.
   while a fresh model warms up). Rule used here: on an ADWIN detection, compare the window mean
   before the update (``estimation`` over old + new sub-windows) with the mean after ADWIN dropped
@@ -52,9 +53,12 @@ from typing import Any, Literal
 from river import drift
 from river.drift import binary
 
+from engine.drift.hddm_a import HDDMAIncrease
+
 __all__ = ["DetectorName", "ErrorRiseDetector"]
 
 DetectorName = Literal["ddm", "hddm_a", "adwin"]
+_HDDM_A_PARAMS = {"drift_confidence", "warning_confidence", "two_sided_test"}
 
 
 class ErrorRiseDetector:
@@ -86,6 +90,8 @@ class ErrorRiseDetector:
             raise ValueError(f"unknown detector {detector!r}; use 'ddm', 'hddm_a' or 'adwin'")
         if detector == "hddm_a" and params.get("two_sided_test"):
             raise ValueError("two_sided_test=True would alert on falling error")
+        if detector == "hddm_a" and not set(params) <= _HDDM_A_PARAMS:
+            raise ValueError(f"unknown HDDM_A parameters {sorted(set(params) - _HDDM_A_PARAMS)}")
         if grace_period < 0:
             raise ValueError("grace_period must be >= 0")
         self.detector_name: DetectorName = detector
@@ -97,7 +103,8 @@ class ErrorRiseDetector:
         if self.detector_name == "ddm":
             return binary.DDM(**self.params)
         if self.detector_name == "hddm_a":
-            return binary.HDDMA(**self.params)
+            # The warning confidence only shapes warnings, which alerts do not use.
+            return HDDMAIncrease(self.params.get("drift_confidence", 0.001))
         return drift.ADWIN(**self.params)
 
     def reset(self) -> None:
@@ -117,15 +124,27 @@ class ErrorRiseDetector:
         e = float(error)
         if e not in (0.0, 1.0):
             raise ValueError("error must be 0 or 1")
+        return self.observe(e == 1.0)
+
+    def observe(self, wrong: bool) -> bool:
+        """:meth:`update` for a checked bool (a learner's per-example call): True iff error rose."""
         self.n_seen += 1
+        if self.detector_name == "hddm_a":
+            if not self._detector.update(wrong):
+                return False
+            return self._alert_unless_in_grace()
+        e = float(wrong)
         before = self._detector.estimation if self.detector_name == "adwin" else None
         self._detector.update(int(e) if self.detector_name != "adwin" else e)
         if not self._detector.drift_detected:
             return False
-        rose = True
-        if self.detector_name == "adwin":
-            rose = self._detector.estimation > before
-        if not rose or self.n_seen <= self.grace_period:
+        if self.detector_name == "adwin" and not self._detector.estimation > before:
+            self.n_ignored += 1
+            return False
+        return self._alert_unless_in_grace()
+
+    def _alert_unless_in_grace(self) -> bool:
+        if self.n_seen <= self.grace_period:
             self.n_ignored += 1
             return False
         self.n_alerts += 1

@@ -78,8 +78,8 @@ def river_roc_auc(counts: np.ndarray) -> float:
 class ProgressiveValidation:
     """Whole-stream and rolling metrics of a binary classifier's pre-learning predictions.
 
-    :meth:`update` only appends to a buffer (a learner's per-example budget is a few
-    microseconds); the buffer is folded into the metrics with numpy every ``fold_every``
+    :meth:`update_many` only extends buffers (a learner's per-example budget is a few
+    microseconds); they are folded into the metrics with numpy every ``fold_every``
     examples and at :meth:`report`.
     """
 
@@ -90,7 +90,10 @@ class ProgressiveValidation:
         self._correct = 0
         self._log_loss_sum = 0.0
         self._roc_counts = np.zeros((len(_RIVER_THRESHOLDS), 4), dtype=np.float64)  # tp, fn, fp, tn
-        self._pending: list[tuple[bool, float, bool]] = []
+        # Not yet folded: labels, P(True), decisions.
+        self._pending_y: list[bool] = []
+        self._pending_p: list[float] = []
+        self._pending_d: list[bool] = []
         # The last ``window`` examples, as a ring.
         self._ring_y = np.zeros(window, dtype=bool)
         self._ring_p = np.zeros(window, dtype=np.float64)
@@ -104,16 +107,23 @@ class ProgressiveValidation:
         ``y_pred`` defaults to ``proba_true > 0.5`` (a tie goes to False, as River's
         ``predict_one`` picks the first of equal classes).
         """
-        self._pending.append((y_true, proba_true, proba_true > 0.5 if y_pred is None else y_pred))
-        if len(self._pending) >= self.fold_every:
+        self.update_many([y_true], [proba_true], [proba_true > 0.5 if y_pred is None else y_pred])
+
+    def update_many(self, y_true: list[bool], proba_true: list[float], y_pred: list[bool]) -> None:
+        """Record examples in order (three columns of equal length, as :meth:`update` takes)."""
+        self._pending_y += y_true
+        self._pending_p += proba_true
+        self._pending_d += y_pred
+        if len(self._pending_y) >= self.fold_every:
             self._fold()
 
     def _fold(self) -> None:
-        if not self._pending:
+        if not self._pending_y:
             return
-        y, p, d = (np.array(col) for col in zip(*self._pending))
-        y, d, p = y.astype(bool), d.astype(bool), p.astype(np.float64)
-        self._pending = []
+        y = np.array(self._pending_y, dtype=bool)
+        p = np.array(self._pending_p, dtype=np.float64)
+        d = np.array(self._pending_d, dtype=bool)
+        self._pending_y, self._pending_p, self._pending_d = [], [], []
         self.n += y.size
         self._correct += int((y == d).sum())
         self._log_loss_sum += float(_log_losses(y, p).sum())

@@ -22,7 +22,8 @@ model then starts afresh.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Mapping
+from itertools import islice
+from typing import Any, Literal, Mapping, Sequence
 
 from engine.drift.detectors import DetectorName, ErrorRiseDetector
 from engine.learning.evaluation import ProgressiveValidation
@@ -103,25 +104,59 @@ class OnlineLearner:
 
     def learn(self, example: JoinedExample) -> bool:
         """Predict, score, learn one example; True when concept drift was detected on it."""
-        x = self.features_of(example.features)
-        if not x:
-            self.skipped_no_features += 1
-            return False
-        y = example.label >= 0.5
-        proba = self.model.predict_proba_one(x)
+        return self.learn_many([example.features], [example.label])[1]
+
+    def learn_many(
+        self, values: Sequence[Mapping[str, Any]], labels: Sequence[float], start: int = 0,
+        stop_at_seen: int | None = None,
+    ) -> tuple[int, bool]:
+        """:meth:`learn` on ``values[i]`` / ``labels[i]`` for i from ``start``, in order.
+
+        Stops after the first example on which concept drift is detected (the model is reset
+        there when ``on_drift="reset"``), or once :attr:`seen` reaches ``stop_at_seen``.
+        Returns how many examples it went through and whether it stopped for drift; the
+        metrics include every one of them.
+        """
+        model = self.model
+        predict, learn_one = model.predict_proba_one, model.learn_one
+        observe = self.detector.observe
+        features_of = self.features_of
+        ys: list[bool] = []
+        ps: list[float] = []
+        ds: list[bool] = []
+        seen = self.seen
+        stop = seen + len(values) if stop_at_seen is None else stop_at_seen
+        taken = 0
         drift = False
-        if proba:
-            y_pred = max(proba, key=proba.get)
-            self.validation.update(y, float(proba.get(True, 0.0)), y_pred)
-            drift = self.detector.update(y_pred != y)
-        self.model.learn_one(x, y)
-        self.seen += 1
-        self.since_snapshot += 1
+        for raw, label in islice(zip(values, labels), start, None):
+            taken += 1
+            x = features_of(raw)
+            if not x:
+                self.skipped_no_features += 1
+                continue
+            y = label >= 0.5
+            proba = predict(x)
+            if proba:
+                p = proba.get(True, 0.0)
+                q = proba.get(False, 0.0)
+                # River's predict_one: the most probable class, a tie to the first one listed.
+                decision = p > q if p != q else next(iter(proba)) is True
+                ys.append(y)
+                ps.append(float(p))
+                ds.append(decision)
+                drift = observe(decision != y)
+            learn_one(x, y)
+            seen += 1
+            if drift or seen >= stop:
+                break
+        self.since_snapshot += seen - self.seen
+        self.seen = seen
+        self.validation.update_many(ys, ps, ds)
         if drift:
             self.drifts += 1
             if self.on_drift == "reset":
                 self.reset()
-        return drift
+        return taken, drift
 
     def reset(self) -> None:
         """Start the model afresh (metrics and counters continue)."""

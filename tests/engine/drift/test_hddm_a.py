@@ -1,0 +1,44 @@
+"""The lean HDDM_A makes River's decisions, update for update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from river.drift.binary import HDDMA
+
+from engine.drift.hddm_a import HDDMAIncrease
+
+
+def _stream(seed: int, n: int = 20_000) -> list[int]:
+    """0/1 errors whose rate falls and rises every 2,000 updates."""
+    rng = np.random.default_rng(seed)
+    rates = rng.uniform(0.02, 0.2, size=n // 2_000 + 1)
+    rates[1::2] += rng.uniform(0.2, 0.5, size=rates[1::2].size)
+    rate = np.repeat(rates, 2_000)[:n]
+    return (rng.random(n) < rate).astype(int).tolist()
+
+
+@pytest.mark.parametrize("confidence", [0.001, 0.01, 0.0001])
+@pytest.mark.parametrize("seed", range(6))
+def test_decisions_equal_rivers_on_streams_with_drifts(seed: int, confidence: float) -> None:
+    river, lean = HDDMA(drift_confidence=confidence), HDDMAIncrease(confidence)
+    ours, theirs = [], []
+    for i, e in enumerate(_stream(seed)):
+        river.update(e)
+        if river.drift_detected:
+            theirs.append(i)
+        if lean.update(e):
+            ours.append(i)
+        assert lean.drift_detected == river.drift_detected
+    assert ours == theirs
+    assert len(theirs) >= 2  # the streams do drift, and detection restarts the state
+
+
+def test_a_falling_error_is_not_a_drift() -> None:
+    det = HDDMAIncrease()
+    assert not any(det.update(e) for e in [1] * 1_000 + [0] * 1_000)
+
+
+def test_confidence_is_checked() -> None:
+    with pytest.raises(ValueError):
+        HDDMAIncrease(0.0)
