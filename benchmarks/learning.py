@@ -9,24 +9,32 @@ ARF; fewer examples for the slow kinds, see ``DEFAULT_EXAMPLES``):
   ``learn_one`` per example, with the very model the learner builds, examples/s;
 * River's ``evaluate.progressive_val_score`` with Accuracy + LogLoss + ROCAUC on the same
   data (the same job as our progressive validation, done by River), for reference;
-* **learner** -- :class:`engine.learning.online.OnlineLearner` in process (predict, exact and
-  approximate metrics, drift detector, learn);
-* **dataflow** -- the learning dataflow end to end on the embedded broker: the predictions
-  and labels are produced to Kafka first, then the flow reads them (bounded), parses, joins
-  by request id, and learns; examples/s from the first batch read to the flow's end
-  (start-up reported apart), with the dataflow process's GC settings;
+* **learner** -- :meth:`engine.learning.online.OnlineLearner.learn_many` in process
+  (predict, exact and approximate metrics, drift detector, learn);
+* **dataflow, 1 process** -- the learning dataflow end to end on the embedded broker: the
+  predictions and labels are produced to Kafka first, then the flow reads them (bounded),
+  parses, joins by request id, and learns, all in this process; examples/s from the first
+  batch read to the flow's end (start-up reported apart);
+* **job, 2 processes** -- the same as ``rtml up`` runs it with ``learning.processes: 2``
+  (``python -m bytewax.run`` processes replaying the topics): process 0 reads, parses and
+  joins, the learner has process 1 to itself;
 * **drift cost** -- the drift monitor's cost per event (collect a window, then PSI, JS and
   KS against the reference at window close), per feature.
 
-``ratio_to_floor`` = dataflow examples/s / raw River examples/s (target >= 0.8).
+``ratio_to_floor`` = the 2-process job's examples/s / raw River examples/s (target >= 0.8);
+``ratio_to_floor_1_process`` is the same for the 1-process flow.
 Results go to benchmarks/results/learning.json and the README table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import threading
 import time
+import uuid
+from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Callable
 
@@ -35,10 +43,10 @@ import orjson
 from confluent_kafka import Producer
 
 from benchmarks.report import fmt_rate, machine_description, machine_line, publish
-from engine.config import load_config
+from engine.config import RtmlConfig, load_config
 from engine.learning.learners import LearnerKind, LearnerSpec, build_model
 from engine.learning.online import OnlineLearner
-from engine.learning.records import JoinedExample, PredictionRecord
+from engine.learning.records import PredictionRecord
 from engine.runtime.gc_tuning import tuned_gc
 
 NAME = "learning"
@@ -82,52 +90,64 @@ def measure_river_progressive(rows: list[dict[str, float]], labels: list[bool],
 
 def measure_learner(rows: list[dict[str, float]], labels: list[bool],
                     kind: LearnerKind = "logistic_regression") -> tuple[float, dict[str, Any]]:
+    """:meth:`OnlineLearner.learn_many` over all examples, as the learner step runs batches."""
     learner = OnlineLearner(LearnerSpec(name="bench", kind=kind))
-    examples = [
-        JoinedExample(PredictionRecord(f"r{i}", "bench", "1", "primary", T0 + i, None, x), float(y), "label", T0 + i)
-        for i, (x, y) in enumerate(zip(rows, labels))
-    ]
+    targets = [float(y) for y in labels]
     started = time.perf_counter()
-    for ex in examples:
-        learner.learn(ex)
-    rate = len(examples) / (time.perf_counter() - started)
+    learner.learn_many(rows, targets)
+    rate = len(rows) / (time.perf_counter() - started)
     return rate, learner.report()
+
+
+def _produce_examples(bootstrap: str, rows: list[dict[str, float]], labels: list[bool]) -> dict[str, str]:
+    """Fresh bench topics holding one prediction and one label per example; their names by role."""
+    from engine.runtime.topics import ensure_topics
+
+    tag = uuid.uuid4().hex[:6]
+    topics = {role: f"bench-{tag}-{role}" for role in ("predictions", "labels", "events", "metrics", "alerts",
+                                                         "unjoined")}
+    ensure_topics(bootstrap, list(topics.values()), partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    for i, (x, y) in enumerate(zip(rows, labels)):
+        t = T0 + i * 10
+        rec = {"request_id": f"r{i}", "model": "bench", "version": "1", "variant": "primary",
+               "event_time_ms": t, "features": x, "score": 0.5}
+        producer.produce(topics["predictions"], orjson.dumps(rec))
+        producer.produce(topics["labels"], orjson.dumps({"request_id": f"r{i}", "label": float(y), "event_time": t + 5}))
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    return topics
+
+
+def _bench_config(bootstrap: str, data_dir: str, topics: dict[str, str], n: int, **learning: Any) -> RtmlConfig:
+    """The learning sections for a bench run: one report at the end, no snapshots, one join shard."""
+    return load_config(env={}, overrides={
+        "data_dir": data_dir,
+        "kafka": {"bootstrap": bootstrap, "labels_topic": topics["labels"], "events_topic": topics["events"],
+                  "alerts_topic": topics["alerts"]},
+        "learning": {"predictions_topic": topics["predictions"], "metrics_topic": topics["metrics"],
+                     "unjoined_topic": topics["unjoined"], "report_every_examples": n, "join_shards": 1,
+                     "snapshot_every_examples": 10**12, "snapshot_every_s": 1e9, "recovery": False, **learning},
+    })
 
 
 def measure_dataflow(rows: list[dict[str, float]], labels: list[bool],
                      kind: LearnerKind = "logistic_regression") -> tuple[float, dict[str, Any]]:
+    """The flow in this process (one Bytewax worker): read, parse, join and learn on one core."""
     from bytewax.testing import run_main
 
     from dataflows.learning import build_learning_flow
     from engine.metrics import LearningMetrics
     from engine.runtime.stack import LocalStack
-    from engine.runtime.topics import ensure_topics
     from operators.sources import KafkaBatchSource
 
     with TemporaryDirectory() as tmp, LocalStack(load_config(env={}, overrides={"data_dir": tmp})) as stack:
-        topics = {"predictions": "bench-predictions", "labels": "bench-labels", "events": "bench-events"}
-        ensure_topics(stack.bootstrap, [*topics.values(), "bench-metrics", "bench-alerts", "bench-unjoined"],
-                      partitions=1)
-        producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
-        for i, (x, y) in enumerate(zip(rows, labels)):
-            t = T0 + i * 10
-            rec = {"request_id": f"r{i}", "model": "bench", "version": "1", "variant": "primary",
-                   "event_time_ms": t, "features": x, "score": 0.5}
-            producer.produce(topics["predictions"], orjson.dumps(rec))
-            producer.produce(topics["labels"], orjson.dumps({"request_id": f"r{i}", "label": float(y), "event_time": t + 5}))
-            if i % 10_000 == 0:
-                producer.poll(0)
-        producer.flush(120)
-        cfg = load_config(env={}, overrides={
-            "data_dir": tmp,
-            "kafka": {"bootstrap": stack.bootstrap, "labels_topic": topics["labels"], "events_topic": topics["events"],
-                      "alerts_topic": "bench-alerts"},
-            "learning": {"predictions_topic": topics["predictions"], "metrics_topic": "bench-metrics",
-                         "unjoined_topic": "bench-unjoined", "report_every_examples": len(rows), "join_shards": 1},
-        })
+        topics = _produce_examples(stack.bootstrap, rows, labels)
+        cfg = _bench_config(stack.bootstrap, tmp, topics, len(rows))
         metrics = LearningMetrics()
-        source = KafkaBatchSource(stack.bootstrap, list(topics.values()), batch_size=5000, fetch_wait_max_ms=20,
-                                  bounded=True, metrics=metrics)
+        source = KafkaBatchSource(stack.bootstrap, [topics[t] for t in ("predictions", "labels", "events")],
+                                  batch_size=5000, fetch_wait_max_ms=20, bounded=True, metrics=metrics)
         flow = build_learning_flow(cfg, source, learners=[LearnerSpec(name="bench", kind=kind)],
                                    metrics=metrics, idle_advance=False, snapshots=False)
         counter = metrics.examples_learned.labels("bench")
@@ -146,7 +166,7 @@ def measure_dataflow(rows: list[dict[str, float]], labels: list[bool],
         learned = counter._value.get()
         if learned != len(rows):
             raise RuntimeError(f"the dataflow learned {learned} of {len(rows)} examples")
-        detail: dict[str, Any] = {"seconds_incl_startup": elapsed, "learned": learned,
+        detail: dict[str, Any] = {"processes": 1, "seconds_incl_startup": elapsed, "learned": learned,
                                   "per_s_incl_startup": len(rows) / elapsed}
         if watch.first is not None:
             # From the first batch read to the end: start-up (Bytewax, consumer assignment, the
@@ -158,20 +178,93 @@ def measure_dataflow(rows: list[dict[str, float]], labels: list[bool],
         return len(rows) / elapsed, detail
 
 
+def measure_job(rows: list[dict[str, float]], labels: list[bool], kind: LearnerKind = "logistic_regression",
+                processes: int = 2) -> tuple[float, dict[str, Any]]:
+    """The learning job as ``rtml up`` runs it with ``learning.processes`` = ``processes``:
+    ``python -m bytewax.run`` processes replaying the topics (``flow_from_env(bounded=True)``).
+
+    Examples/s run from the first message read (process 0's /metrics, polled) to the time of
+    the learner's one report, written after its last example.
+    """
+    from engine.runtime.jobs import dataflow_specs
+    from engine.runtime.ports import free_port_range
+    from engine.runtime.progress import scrape
+    from engine.runtime.stack import LocalStack
+
+    with TemporaryDirectory() as tmp, LocalStack(load_config(env={}, overrides={"data_dir": tmp})) as stack:
+        topics = _produce_examples(stack.bootstrap, rows, labels)
+        learners = Path(tmp) / "learners.yaml"
+        learners.write_text(f"learners:\n  - name: bench\n    kind: {kind}\n    learn_from: [bench]\n")
+        cfg = _bench_config(stack.bootstrap, tmp, topics, len(rows), processes=processes, learners=str(learners))
+        port = free_port_range(processes)
+        cfg = cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"learning_port": port})})
+        specs = dataflow_specs(cfg, "dataflows.learning:flow_from_env(bounded=True)", "learning",
+                               processes=processes, recovery=False)
+
+        def read_in() -> float:
+            try:
+                return scrape(port).get("rtml_events_in_total", 0.0)
+            except OSError:
+                return 0.0
+
+        watch = _FirstRead(read_in, interval_s=0.005, clock=time.time)  # the report's clock
+        started = time.time()
+        watch.start()
+        procs = [subprocess.Popen(spec.argv, env={**os.environ, **(spec.env or {})}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for spec in specs]
+        try:
+            errors = [p.communicate(timeout=600)[1] for p in procs]
+        finally:
+            watch.stop()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"learning job failed: {[e.decode(errors='replace')[-2000:] for e in errors]}")
+        reports = [orjson.loads(v) for v in _topic_values(stack.bootstrap, topics["metrics"])]
+        if [r["n"] for r in reports] != [len(rows)] or watch.first is None:
+            raise RuntimeError(f"the job reported {reports}, first read at {watch.first}")
+        end = reports[0]["at_ms"] / 1000
+        detail = {"processes": processes, "learned": reports[0]["n"], "learner_process": reports[0]["process"],
+                  "seconds": end - watch.first, "startup_seconds": watch.first - started,
+                  "seconds_incl_startup": end - started, "per_s_incl_startup": len(rows) / (end - started)}
+        return len(rows) / detail["seconds"], detail
+
+
+def _topic_values(bootstrap: str, topic: str) -> list[bytes]:
+    """Every value of partition 0 of ``topic`` as it is now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False})
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    values: list[bytes] = []
+    while len(values) < high:
+        msg = consumer.poll(5.0)
+        if msg is None:
+            break
+        if msg.error() is None:
+            values.append(msg.value())
+    consumer.close()
+    return values
+
+
 class _FirstRead(threading.Thread):
     """Polls a counter (the source's messages read); remembers when it first moved."""
 
-    def __init__(self, read: Callable[[], float], interval_s: float = 0.002) -> None:
+    def __init__(self, read: Callable[[], float], interval_s: float = 0.002,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__(daemon=True, name="first-read")
         self.read = read
         self.interval_s = interval_s
+        self.clock = clock
         self.first: float | None = None
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(self.interval_s):
             if self.read() > 0:
-                self.first = time.perf_counter()
+                self.first = self.clock()
                 return
 
     def stop(self) -> None:
@@ -222,6 +315,7 @@ KIND_LABELS: dict[str, str] = {
     "arf": "ARFClassifier",
 }
 TARGET_RATIO = 0.8
+JOB_PROCESSES = 2
 
 
 def measure_kind(kind: LearnerKind, rows: list[dict[str, float]], labels: list[bool]) -> dict[str, Any]:
@@ -233,11 +327,15 @@ def measure_kind(kind: LearnerKind, rows: list[dict[str, float]], labels: list[b
     log(f"{kind}: progressive_val_score {pvs:,.0f}/s, OnlineLearner {learner:,.0f}/s "
         f"(accuracy {report['accuracy']:.4f})")
     dataflow, detail = measure_dataflow(rows, labels, kind)
-    log(f"{kind}: dataflow {dataflow:,.0f}/s ({detail['seconds']:.1f} s), ratio {dataflow / floor:.2f}")
+    log(f"{kind}: dataflow, 1 process {dataflow:,.0f}/s ({detail['seconds']:.1f} s), ratio {dataflow / floor:.2f}")
+    job, job_detail = measure_job(rows, labels, kind, processes=JOB_PROCESSES)
+    log(f"{kind}: job, {JOB_PROCESSES} processes {job:,.0f}/s ({job_detail['seconds']:.1f} s), "
+        f"ratio {job / floor:.2f}")
     return {
         "examples": len(rows), "floor_per_s": floor, "river_progressive_per_s": pvs, "learner_per_s": learner,
-        "dataflow_per_s": dataflow, "ratio_to_floor": dataflow / floor, "learner_report": report,
-        "dataflow": detail,
+        "dataflow_per_s": dataflow, "ratio_to_floor_1_process": dataflow / floor,
+        "job_per_s": job, "ratio_to_floor": job / floor,
+        "learner_report": report, "dataflow": detail, "job": job_detail,
     }
 
 
@@ -248,9 +346,10 @@ def table(result: dict[str, Any]) -> str:
         "the same examples on every path.",
         "",
         "| model | examples | raw River predict_proba_one + learn_one (floor) | River progressive_val_score "
-        "| OnlineLearner in process (metrics + HDDM_A + learn) | learning dataflow: Kafka → parse → join → learn "
-        f"| ratio_to_floor (target ≥ {TARGET_RATIO}) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| OnlineLearner in process (metrics + HDDM_A + learn) | learning dataflow, 1 process "
+        f"| learning job, {JOB_PROCESSES} processes: Kafka → parse → join → learn "
+        f"| ratio_to_floor ({JOB_PROCESSES} processes; target ≥ {TARGET_RATIO}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, m in r["models"].items():
         met = "met" if m["ratio_to_floor"] >= TARGET_RATIO else "not met"
@@ -258,14 +357,17 @@ def table(result: dict[str, Any]) -> str:
             f"| {KIND_LABELS.get(kind, kind)} | {m['examples']:,} | {fmt_rate(m['floor_per_s'])} "
             f"| {fmt_rate(m['river_progressive_per_s'])} ({m['river_progressive_per_s'] / m['floor_per_s']:.2f}) "
             f"| {fmt_rate(m['learner_per_s'])} ({m['learner_per_s'] / m['floor_per_s']:.2f}) "
-            f"| {fmt_rate(m['dataflow_per_s'])} | **{m['ratio_to_floor']:.2f}**: {met} |"
+            f"| {fmt_rate(m['dataflow_per_s'])} ({m['ratio_to_floor_1_process']:.2f}) "
+            f"| {fmt_rate(m['job_per_s'])} | **{m['ratio_to_floor']:.2f}**: {met} |"
         )
-    startup = [f"{KIND_LABELS.get(kind, kind)} {fmt_rate(m['dataflow']['per_s_incl_startup'])}/s "
-               f"({m['dataflow']['per_s_incl_startup'] / m['floor_per_s']:.2f}, "
-               f"{m['dataflow']['startup_seconds']:.2f} s of start-up)"
-               for kind, m in r["models"].items() if "startup_seconds" in m["dataflow"]]
-    lines += ["", "Ratios in brackets are to the floor. The dataflow's rate runs from its first batch read to "
-                  "its end; with its start-up included: " + "; ".join(startup) + "."]
+    startup = [f"{KIND_LABELS.get(kind, kind)} {fmt_rate(m['job']['per_s_incl_startup'])}/s "
+               f"({m['job']['per_s_incl_startup'] / m['floor_per_s']:.2f}, "
+               f"{m['job']['startup_seconds']:.2f} s of start-up)"
+               for kind, m in r["models"].items()]
+    lines += ["", f"Ratios in brackets are to the floor. With {JOB_PROCESSES} processes, process 0 reads, parses "
+                  "and joins, and the learner has process 1 to itself (`learning.processes`). Rates run from the "
+                  "first batch read to the last example learnt; the job's with its start-up included: "
+                  + "; ".join(startup) + "."]
     d = r.get("drift")
     if d:
         lines += ["", f"Drift statistics: {d['us_per_event']:.2f} µs per event per feature "

@@ -13,13 +13,20 @@ Run it with Bytewax (``rtml up`` does this under a supervisor)::
                                                                                        ├─► concept-drift alerts
                                                                                        └─► snapshots ─► serving
 
+With ``learning.processes`` = N > 1 the job's processes get roles (:class:`LearningLayout`):
+process 0 reads, parses and joins (every join shard); the learners are spread over processes
+1..N-1, each learner alone with its model on a core. Only learner batches (features and
+labels as columns) cross between them.
+
 Configuration comes from ``RTML_*`` variables / ``RTML_CONFIG`` (``learning`` and ``drift``
 sections, see docs/learning.md).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import bytewax.operators as op
@@ -32,6 +39,7 @@ from engine.learning.learners import LearnerSpec, default_learners_path, load_le
 from engine.learning.snapshots import encode_key
 from engine.metrics import LearningMetrics
 from engine.runtime.gc_tuning import tune_gc
+from engine.runtime.placement import keys_on
 from operators.learn import (
     JoinOutput,
     JoinLogic,
@@ -47,7 +55,7 @@ from operators.learn import (
     record_learn,
 )
 from operators.sinks import AlertSink, BanditRewardSink, DeadLetterSink, KafkaJsonSink
-from operators.sources import FileBatchSource, KafkaBatchSource
+from operators.sources import FileBatchSource, KafkaBatchSource, ReadHere
 
 
 def learners_from_config(cfg: RtmlConfig) -> list[LearnerSpec]:
@@ -69,6 +77,31 @@ def input_topics(cfg: RtmlConfig) -> dict[str, TopicKind]:
     }
 
 
+@dataclass(frozen=True)
+class LearningLayout:
+    """Which process of the learning job does what, as the state keys that put it there.
+
+    One process does everything. With N > 1, every join shard's key is owned by process 0
+    (which alone reads the input) and learner i's by process 1 + i mod (N - 1).
+    """
+
+    processes: int
+    join_keys: tuple[str, ...]
+    learner_keys: dict[str, str]
+
+    @classmethod
+    def plan(cls, processes: int, join_shards: int, learners: Sequence[str]) -> "LearningLayout":
+        shards = [str(i) for i in range(join_shards)]
+        if processes == 1:
+            return cls(1, tuple(shards), {name: name for name in learners})
+        join = keys_on({shard: 0 for shard in shards}, processes)
+        learn = keys_on({name: 1 + i % (processes - 1) for i, name in enumerate(learners)}, processes)
+        return cls(processes, tuple(join[s] for s in shards), learn)
+
+    def reads_input(self, process_index: int) -> bool:
+        return process_index == 0
+
+
 def build_learning_flow(
     cfg: RtmlConfig,
     source: KafkaBatchSource | FileBatchSource,
@@ -80,12 +113,14 @@ def build_learning_flow(
     idle_advance: bool = True,
     snapshots: bool = True,
     clock: Callable[[], float] = time.time,
+    process_index: int = 0,
 ) -> Dataflow:
     """Wire the learning pipeline over a batch source of predictions, labels and events.
 
     ``topic_kinds`` maps each source topic to what it holds (default: the configured
     topics). ``idle_advance`` lets a quiet input close label windows with the wall clock
     (live mode; off for bounded replays). ``snapshots=False`` publishes no model versions.
+    ``process_index``: this process's place in a job of ``learning.processes`` processes.
     """
     if not cfg.kafka.bootstrap:
         raise ValueError("build_learning_flow needs kafka.bootstrap (start a LocalStack first)")
@@ -93,11 +128,13 @@ def build_learning_flow(
         raise ValueError("bandit rewards need redis.url")
     lc, dc = cfg.learning, cfg.drift
     kinds = topic_kinds or input_topics(cfg)
+    layout = LearningLayout.plan(lc.processes, lc.join_shards, [s.name for s in learners])
     parse_settings = ParseSettings(
         kinds,
         lc.join_shards,
         frozenset(lc.implicit_label_types),
         cfg.pipeline.max_future_ms,
+        layout.join_keys,
     )
     join_settings = JoinSettings(
         lc.label_window_ms, lc.out_of_orderness_ms, lc.unlabeled, lc.source_idle_ms, idle_advance,
@@ -114,8 +151,10 @@ def build_learning_flow(
         detector=dc.detector,
         on_drift=dc.on_concept_drift,
         detector_grace=dc.detector_grace,
+        process=process_index,
     )
     specs = {s.name: s for s in learners}
+    keys = layout.learner_keys
 
     def route(out: JoinOutput) -> list[tuple[str, LearnerInput]]:
         # One item per learner per join output: Bytewax's per-item cost is paid per batch.
@@ -123,11 +162,11 @@ def build_learning_flow(
         for name, spec in specs.items():
             mine = [ex for ex in out.examples if spec.learns_from(ex.prediction.model, ex.prediction.variant)]
             if mine:
-                routed.append((name, (name, LearnerBatch.of(mine))))
+                routed.append((keys[name], (name, LearnerBatch.of(mine))))
         return routed
 
     flow = Dataflow("rtml_learning")
-    raw = op.input("inputs", flow, source)
+    raw = op.input("inputs", flow, ReadHere(source, layout.reads_input(process_index)))
     parsed = op.map("parse", raw, lambda b: parse_batch(b, parse_settings))
     invalid = op.flat_map("invalid", parsed, lambda p: p.dead)
     op.output("dlq", invalid, DeadLetterSink(cfg.kafka.bootstrap, cfg.pipeline.dlq_suffix, metrics))
@@ -157,14 +196,19 @@ def build_learning_flow(
     return flow
 
 
-def flow_from_env() -> Dataflow:
-    """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment."""
+def flow_from_env(bounded: bool = False) -> Dataflow:
+    """Entry point for ``python -m bytewax.run``: Kafka source, config from the environment.
+
+    ``bounded=True`` (``"dataflows.learning:flow_from_env(bounded=True)"``) learns what the
+    topics hold now and ends: a replay, e.g. to warm a learner up from history.
+    """
     cfg = load_config()
     metrics = LearningMetrics()
     metrics.serve_for_process(cfg.metrics.learning_port, cfg.metrics.enabled)
-    source = KafkaBatchSource.from_config(cfg, list(input_topics(cfg)), metrics)
+    source = KafkaBatchSource.from_config(cfg, list(input_topics(cfg)), metrics, bounded=bounded)
     flow = build_learning_flow(
-        cfg, source, learners=learners_from_config(cfg), bandits=bandits_from_config(cfg), metrics=metrics
+        cfg, source, learners=learners_from_config(cfg), bandits=bandits_from_config(cfg), metrics=metrics,
+        idle_advance=not bounded, process_index=int(os.environ.get("RTML_PROCESS_INDEX", "0")),
     )
     tune_gc()
     return flow

@@ -115,6 +115,9 @@ class LearningConfig(_Section):
     # Interaction types that label a prediction 1.0 when they carry its request_id (comma-separated).
     implicit_labels: str = "click"
     join_shards: int = Field(4, ge=1)
+    # Processes of the learning job: 1 does everything; N > 1 reads and joins in process 0
+    # and spreads the learners over the others (dataflows/learning.py).
+    processes: int = Field(1, ge=1)
     learners: str | None = None  # YAML of learner specs; None: the packaged defaults
     bandits: str | None = None  # YAML of bandit specs (served by Choose, rewarded here); None: none
     model_repository: str | None = None  # where snapshots are published; None: <data_dir>/models

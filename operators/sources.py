@@ -211,13 +211,16 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self.extra_config = extra_config or {}
 
     @classmethod
-    def from_config(cls, cfg: "RtmlConfig", topics: Sequence[str], metrics: SourceMetrics | None = None) -> "KafkaBatchSource":
-        """The live source of a dataflow: ``topics`` with the ``kafka`` section's settings."""
+    def from_config(cls, cfg: "RtmlConfig", topics: Sequence[str], metrics: SourceMetrics | None = None,
+                    bounded: bool = False) -> "KafkaBatchSource":
+        """The source of a dataflow: ``topics`` with the ``kafka`` section's settings (live,
+        or up to the end offsets found at start when ``bounded``)."""
         return cls(
             cfg.kafka.bootstrap or "",
             topics,
             batch_size=cfg.kafka.consume_batch_size,
             fetch_wait_max_ms=cfg.kafka.fetch_wait_max_ms,
+            bounded=bounded,
             metrics=metrics,
         )
 
@@ -319,3 +322,25 @@ class FileBatchSource(FixedPartitionedSource[RawBatch, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
         return _FilePartition(Path(for_part), resume_state or 0, self.batch_size, self.metrics)
+
+
+class ReadHere(FixedPartitionedSource[RawBatch, int]):
+    """Another batch source whose partitions only this process reads, or none of them.
+
+    Bytewax gives each partition to a worker among those that list it, so a process that
+    lists none reads nothing: a job uses this to keep input and parsing off the processes
+    it gives other roles (the learning job's learner processes).
+    """
+
+    def __init__(self, source: "KafkaBatchSource | FileBatchSource", here: bool) -> None:
+        self.source = source
+        self.here = here
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts() if self.here else []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> StatefulSourcePartition[RawBatch, int]:
+        return self.source.build_part(step_id, for_part, resume_state)
+
+    def source_ids(self) -> list[tuple[str, int]]:
+        return self.source.source_ids()

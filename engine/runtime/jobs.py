@@ -83,12 +83,13 @@ def dataflow_specs(
 
 def job_specs(cfg: RtmlConfig, job: str) -> list[ProcessSpec]:
     """Process specs of a named job: ``features`` (``pipeline.processes`` processes),
-    ``learning`` (one process: each learner is one sequential model) or ``drift`` (one)."""
+    ``learning`` (``learning.processes``: input and join in one, learners in the others) or
+    ``drift`` (one)."""
     if job == "features":
         return dataflow_specs(cfg)
     if job == "learning":
         lc = cfg.learning
-        return dataflow_specs(cfg, LEARNING_FLOW, "learning", processes=1, recovery=lc.recovery,
+        return dataflow_specs(cfg, LEARNING_FLOW, "learning", processes=lc.processes, recovery=lc.recovery,
                               recovery_dir=lc.recovery_dir)
     if job == "drift":
         return dataflow_specs(cfg, DRIFT_FLOW, "drift", processes=1)

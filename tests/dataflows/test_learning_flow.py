@@ -6,6 +6,8 @@ process over a bounded Kafka source (it ends at the end offsets), and reads what
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from engine.events.dlq import DeadLetter
 from engine.learning.learners import LearnerSpec
 from engine.learning.snapshots import load_snapshot
 from engine.metrics import LearningMetrics
+from engine.runtime.jobs import dataflow_specs
+from engine.runtime.ports import free_port_range
 from operators.sources import KafkaBatchSource
 
 T0 = 1_767_225_600_000
@@ -119,6 +123,40 @@ def test_phishing_through_the_dataflow_reproduces_progressive_val_score(stack, u
     for x, _ in data[:50]:
         ours = snap.model.predict_proba_one({f"request.{k}": v for k, v in x.items()})
         assert ours[True] == reference.predict_proba_one(x)[True]
+
+
+def test_a_two_process_job_learns_in_its_second_process_exactly_as_river(stack, unique_topic, tmp_path) -> None:
+    """learning.processes=2 as ``rtml up`` runs it (two bytewax.run processes), replaying."""
+    topics = Topics(unique_topic, stack, tmp_path, report_every_examples=1250, join_shards=3, processes=2,
+                    snapshot_every_examples=10_000)
+    data = list(datasets.Phishing())
+    produce(stack.bootstrap, topics.predictions, [
+        prediction(f"r{i}", T0 + i * 1000, {f"request.{k}": v for k, v in x.items()}, model="phishing")
+        for i, (x, _) in enumerate(data)])
+    produce(stack.bootstrap, topics.labels, [
+        {"request_id": f"r{i}", "label": 1.0 if y else 0.0, "event_time": T0 + i * 1000 + 500}
+        for i, (_, y) in enumerate(data)])
+    learners = tmp_path / "learners.yaml"
+    learners.write_text("learners:\n  - name: phishing\n    kind: logistic_regression\n    learn_from: [phishing]\n")
+    cfg = topics.cfg.model_copy(update={
+        "learning": topics.cfg.learning.model_copy(update={"learners": str(learners)}),
+        "metrics": topics.cfg.metrics.model_copy(update={"learning_port": free_port_range(2)}),
+    })
+    specs = dataflow_specs(cfg, "dataflows.learning:flow_from_env(bounded=True)", "learning", recovery=False,
+                           processes=2)
+    procs = [subprocess.Popen(spec.argv, env={**os.environ, **(spec.env or {})}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for spec in specs]
+    outputs = [p.communicate(timeout=180)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    reference = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = metrics.Accuracy()
+    for x, y in data:
+        accuracy.update(y, reference.predict_one(x))
+        reference.learn_one(x, y)
+    reports = [orjson.loads(v) for v, _ in read_all(stack.bootstrap, topics.metrics)]
+    assert [(r["n"], r["process"]) for r in reports] == [(1250, 1)]  # learnt in process 1 only
+    assert reports[0]["accuracy"] == accuracy.get()
 
 
 def test_join_outcomes_dead_letters_and_unjoined_labels(stack, unique_topic, tmp_path) -> None:
