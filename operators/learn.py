@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
@@ -29,7 +29,7 @@ from engine.events.schemas import Interaction
 from engine.events.validation import Invalid, validate_interaction, validate_label
 from engine.learning.join import JoinSettings, LabelIn, LabelJoiner
 from engine.learning.learners import LearnerSpec
-from engine.learning.online import OnlineLearner
+from engine.learning.online import OnlineLearner, clean_features
 from engine.learning.records import JoinedExample, PredictionRecord, prediction_or_dead_letter
 from engine.learning.snapshots import publish_snapshot
 from engine.metrics import LearningMetrics
@@ -239,49 +239,44 @@ class LearnOutput:
 
 
 # Pickled form of a LearnerBatch: feature-name layouts, the layout of each example (None:
-# all share the one layout), value tuples, labels, label times.
-_LearnerBatchState = tuple[list[tuple[str, ...]], "list[int] | None", list[tuple[Any, ...]], list[float], list[int]]
+# all share the one layout), value tuples, labels, label times, clean.
+_LearnerBatchState = tuple[list[tuple[str, ...]], "list[int] | None", list[tuple[Any, ...]], list[float], list[int],
+                           bool]
 
 
 @dataclass(slots=True)
 class LearnerBatch:
     """A learner's share of one join output, as columns: what learning reads, nothing more.
 
+    ``label_times`` are the examples' label times, the learning order. ``clean``: every value
+    is a dict of finite floats (:func:`~engine.learning.online.clean_features`), checked by
+    :meth:`of` in the process that joins, so the learner takes the dicts as they are.
+
     It crosses processes when the learner runs in a process of its own. Each distinct list of
     feature names travels once, each example as a tuple of values, and the receiving side
     rebuilds the dicts with *interned* names. That matters: River's models keep per-feature
     state in dicts, and a lookup with the very key object a dict holds skips the string
     comparison; with fresh key objects in every batch the model itself ran ~20% slower.
-    ``label_times`` are the examples' label times, the learning order.
     """
 
     values: list[dict[str, Any]]
     labels: list[float]
     label_times: list[int]
-
-    def __getstate__(self) -> _LearnerBatchState:
-        names = list(map(tuple, self.values))
-        rows = list(map(tuple, map(dict.values, self.values)))
-        layouts = list(dict.fromkeys(names))
-        # One layout (the usual case: one model's features) needs no per-example index.
-        layout_of = None if len(layouts) == 1 else [{n: i for i, n in enumerate(layouts)}[k] for k in names]
-        return layouts, layout_of, rows, self.labels, self.label_times
-
-    def __setstate__(self, state: _LearnerBatchState) -> None:
-        layouts, layout_of, rows, self.labels, self.label_times = state
-        names = [tuple(map(sys.intern, layout)) for layout in layouts]
-        if layout_of is None:
-            self.values = list(map(dict, map(zip, repeat(names[0] if names else ()), rows)))
-        else:
-            self.values = [dict(zip(names[i], row)) for i, row in zip(layout_of, rows)]
+    clean: bool = False
+    layouts: list[tuple[str, ...]] | None = None  # the distinct name lists, when known (unpickled)
 
     @classmethod
     def of(cls, examples: list[JoinedExample]) -> "LearnerBatch":
-        return cls([ex.prediction.features for ex in examples], [ex.label for ex in examples],
-                   [ex.label_time_ms for ex in examples])
+        values = [ex.prediction.features for ex in examples]
+        return cls(values, [ex.label for ex in examples], [ex.label_time_ms for ex in examples],
+                   all(map(clean_features, values)))
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def feature_names(self) -> list[str]:
+        """Every feature name of the batch, in the order first seen."""
+        return list(dict.fromkeys(chain.from_iterable(self.layouts if self.layouts is not None else self.values)))
 
     @classmethod
     def in_label_time_order(cls, batches: list["LearnerBatch"]) -> "LearnerBatch":
@@ -289,13 +284,32 @@ class LearnerBatch:
         if len(batches) == 1:
             merged = batches[0]
         else:
+            layouts = None if any(b.layouts is None for b in batches) else [n for b in batches for n in b.layouts or ()]
             merged = cls([v for b in batches for v in b.values], [y for b in batches for y in b.labels],
-                         [t for b in batches for t in b.label_times])
+                         [t for b in batches for t in b.label_times], all(b.clean for b in batches), layouts)
         times = merged.label_times
         if all(a <= b for a, b in zip(times, times[1:])):
             return merged
         order = sorted(range(len(times)), key=times.__getitem__)
-        return cls([merged.values[i] for i in order], [merged.labels[i] for i in order], [times[i] for i in order])
+        return cls([merged.values[i] for i in order], [merged.labels[i] for i in order], [times[i] for i in order],
+                   merged.clean, merged.layouts)
+
+    def __getstate__(self) -> _LearnerBatchState:
+        names = list(map(tuple, self.values))
+        rows = list(map(tuple, map(dict.values, self.values)))
+        layouts = list(dict.fromkeys(names))
+        # One layout (the usual case: one model's features) needs no per-example index.
+        layout_of = None if len(layouts) == 1 else [{n: i for i, n in enumerate(layouts)}[k] for k in names]
+        return layouts, layout_of, rows, self.labels, self.label_times, self.clean
+
+    def __setstate__(self, state: _LearnerBatchState) -> None:
+        layouts, layout_of, rows, self.labels, self.label_times, self.clean = state
+        names = [tuple(map(sys.intern, layout)) for layout in layouts]
+        self.layouts = names
+        if layout_of is None:
+            self.values = list(map(dict, map(zip, repeat(names[0] if names else ()), rows)))
+        else:
+            self.values = [dict(zip(names[i], row)) for i, row in zip(layout_of, rows)]
 
 
 # Routed examples: the learner's name and its batch (the builder does not see the key).
@@ -339,6 +353,8 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
                                                on_drift=s.on_drift, detector_grace=s.detector_grace))
         out = LearnOutput(self.spec.name)
         batch = LearnerBatch.in_label_time_order([b for _, b in values])
+        if batch.clean:
+            learner.note_features(batch.feature_names())
         times = batch.label_times
         at = 0
         # Learn in runs that end at each report and each drift, so both see exactly the
@@ -346,7 +362,7 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
         while at < len(times):
             if self._window_start_ms is None:
                 self._window_start_ms = times[at]
-            taken, drift = learner.learn_many(batch.values, batch.labels, at, self._next_report)
+            taken, drift = learner.learn_many(batch.values, batch.labels, at, self._next_report, clean=batch.clean)
             at += taken
             if drift:
                 out.alerts.append(self._concept_alert(times[at - 1]))

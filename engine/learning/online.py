@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from itertools import islice
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from engine.drift.detectors import DetectorName, ErrorRiseDetector
 from engine.learning.evaluation import ProgressiveValidation
@@ -31,8 +31,15 @@ from engine.learning.learners import LearnerSpec, build_model
 from engine.learning.records import JoinedExample
 
 
-def _all_finite_floats(values: dict[str, Any]) -> bool:
-    """Every value a float (not an int, bool or anything else) and finite; C-level loops only."""
+def clean_features(values: Any) -> bool:
+    """A dict whose values are all floats (not ints, bools or anything else), all finite:
+    a model input as it is. C-level loops only.
+
+    >>> clean_features({"a": 1.0}), clean_features({"a": 1}), clean_features({"a": float("nan")})
+    (True, False, False)
+    """
+    if values.__class__ is not dict:
+        return False
     vals = values.values()
     if not vals or set(map(type, vals)) != _FLOAT_ONLY:
         return False
@@ -41,6 +48,10 @@ def _all_finite_floats(values: dict[str, Any]) -> bool:
 
 
 _FLOAT_ONLY = {float}
+
+
+def _as_is(values: Any) -> Any:
+    return values
 
 
 class OnlineLearner:
@@ -77,12 +88,8 @@ class OnlineLearner:
         When every value is already a finite float (what serving logs) and the spec names no
         features, the record's own dict is the input, uncopied: River never mutates its input.
         """
-        if not self._fixed_features and values.__class__ is dict and _all_finite_floats(values):
-            if not self._known.issuperset(values):
-                for name in values:
-                    if name not in self._known:
-                        self._known.add(name)
-                        self.features.append(name)
+        if not self._fixed_features and clean_features(values):
+            self.note_features(values)
             return values  # type: ignore[return-value]
         x: dict[str, float] = {}
         names = self.features if self._fixed_features else values
@@ -95,12 +102,17 @@ class OnlineLearner:
             if v - v != 0.0:  # inf or nan
                 continue
             x[name] = v  # type: ignore[assignment]
-        if not self._fixed_features and not self._known.issuperset(x):
-            for name in x:
+        if not self._fixed_features:
+            self.note_features(x)
+        return x
+
+    def note_features(self, names: Iterable[str]) -> None:
+        """Add names not seen before to :attr:`features` (in the order given)."""
+        if not self._known.issuperset(names):
+            for name in names:
                 if name not in self._known:
                     self._known.add(name)
                     self.features.append(name)
-        return x
 
     def learn(self, example: JoinedExample) -> bool:
         """Predict, score, learn one example; True when concept drift was detected on it."""
@@ -108,7 +120,7 @@ class OnlineLearner:
 
     def learn_many(
         self, values: Sequence[Mapping[str, Any]], labels: Sequence[float], start: int = 0,
-        stop_at_seen: int | None = None,
+        stop_at_seen: int | None = None, *, clean: bool = False,
     ) -> tuple[int, bool]:
         """:meth:`learn` on ``values[i]`` / ``labels[i]`` for i from ``start``, in order.
 
@@ -116,11 +128,15 @@ class OnlineLearner:
         there when ``on_drift="reset"``), or once :attr:`seen` reaches ``stop_at_seen``.
         Returns how many examples it went through and whether it stopped for drift; the
         metrics include every one of them.
+
+        ``clean=True``: the caller vouches that every value passes :func:`clean_features` and
+        has called :meth:`note_features` with their names (a learner batch checks that in the
+        process that builds it), so each dict is the model input as it is.
         """
         model = self.model
         predict, learn_one = model.predict_proba_one, model.learn_one
         observe = self.detector.observe
-        features_of = self.features_of
+        features_of = _as_is if clean and not self._fixed_features else self.features_of
         ys: list[bool] = []
         ps: list[float] = []
         ds: list[bool] = []
