@@ -22,7 +22,6 @@ model then starts afresh.
 from __future__ import annotations
 
 import time
-from itertools import islice
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from engine.drift.detectors import DetectorName, ErrorRiseDetector
@@ -119,10 +118,10 @@ class OnlineLearner:
         return self.learn_many([example.features], [example.label])[1]
 
     def learn_many(
-        self, values: Sequence[Mapping[str, Any]], labels: Sequence[float], start: int = 0,
-        stop_at_seen: int | None = None, *, clean: bool = False,
+        self, values: Iterable[Mapping[str, Any]], labels: Sequence[float], stop_at_seen: int | None = None, *,
+        clean: bool = False,
     ) -> tuple[int, bool]:
-        """:meth:`learn` on ``values[i]`` / ``labels[i]`` for i from ``start``, in order.
+        """:meth:`learn` on each value and its label, in order.
 
         Stops after the first example on which concept drift is detected (the model is reset
         there when ``on_drift="reset"``), or once :attr:`seen` reaches ``stop_at_seen``.
@@ -141,10 +140,10 @@ class OnlineLearner:
         ps: list[float] = []
         ds: list[bool] = []
         seen = self.seen
-        stop = seen + len(values) if stop_at_seen is None else stop_at_seen
+        stop = seen + len(labels) if stop_at_seen is None else stop_at_seen
         taken = 0
         drift = False
-        for raw, label in islice(zip(values, labels), start, None):
+        for raw, label in zip(values, labels):
             taken += 1
             x = features_of(raw)
             if not x:
