@@ -206,9 +206,13 @@ def flow_from_env(bounded: bool = False) -> Dataflow:
     metrics = LearningMetrics()
     metrics.serve_for_process(cfg.metrics.learning_port, cfg.metrics.enabled)
     source = KafkaBatchSource.from_config(cfg, list(input_topics(cfg)), metrics, bounded=bounded)
+    process_index = int(os.environ.get("RTML_PROCESS_INDEX", "0"))
     flow = build_learning_flow(
         cfg, source, learners=learners_from_config(cfg), bandits=bandits_from_config(cfg), metrics=metrics,
-        idle_advance=not bounded, process_index=int(os.environ.get("RTML_PROCESS_INDEX", "0")),
+        idle_advance=not bounded, process_index=process_index,
     )
+    if cfg.learning.processes > 1 and process_index == 0 and cfg.learning.input_niceness:
+        # Reading and joining run ahead of the learners and can wait; the learners cannot.
+        os.nice(cfg.learning.input_niceness)
     tune_gc()
     return flow

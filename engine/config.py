@@ -118,6 +118,9 @@ class LearningConfig(_Section):
     # Processes of the learning job: 1 does everything; N > 1 reads and joins in process 0
     # and spreads the learners over the others (dataflows/learning.py).
     processes: int = Field(1, ge=1)
+    # With N > 1, process 0 lowers its CPU priority by this much (nice; 0: not): a learner is
+    # the job's sequential bottleneck, so where cores are short it keeps its core.
+    input_niceness: int = Field(10, ge=0, le=19)
     learners: str | None = None  # YAML of learner specs; None: the packaged defaults
     bandits: str | None = None  # YAML of bandit specs (served by Choose, rewarded here); None: none
     model_repository: str | None = None  # where snapshots are published; None: <data_dir>/models

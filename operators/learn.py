@@ -407,12 +407,14 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
         while at < len(times):
             if self._window_start_ms is None:
                 self._window_start_ms = times[at]
-            taken, drift = learner.learn_many(batch.values[at:], batch.labels[at:], self._next_report,
-                                              clean=batch.clean)
-            at += taken
-            if drift:
-                out.alerts.append(self._concept_alert(times[at - 1]))
-                self._window_start_ms = None
+
+            def alert(index: int, offset: int = at) -> None:
+                out.alerts.append(self._concept_alert(times[offset + index]))
+                # The next alert's window starts after this one (or at the next run).
+                self._window_start_ms = times[offset + index + 1] if offset + index + 1 < len(times) else None
+
+            at += learner.learn_many(batch.values[at:], batch.labels[at:], self._next_report, clean=batch.clean,
+                                     on_drift=alert)
             if learner.seen >= self._next_report:
                 out.reports.append(self._report())
                 self._next_report += self.settings.report_every

@@ -48,7 +48,7 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from river import drift
 from river.drift import binary
@@ -142,6 +142,25 @@ class ErrorRiseDetector:
             self.n_ignored += 1
             return False
         return self._alert_unless_in_grace()
+
+    def first_alert(self, wrong: Sequence[bool], start: int = 0) -> int | None:
+        """:meth:`observe` ``wrong[start]``, ``wrong[start + 1]``, ... until one alerts: its
+        index, or None once all were observed."""
+        if self.detector_name != "hddm_a":
+            for i in range(start, len(wrong)):
+                if self.observe(wrong[i]):
+                    return i
+            return None
+        at = start
+        while True:
+            k = self._detector.first_detection(wrong, at)
+            if k is None:
+                self.n_seen += len(wrong) - at
+                return None
+            self.n_seen += k + 1 - at
+            if self._alert_unless_in_grace():
+                return k
+            at = k + 1
 
     def _alert_unless_in_grace(self) -> bool:
         if self.n_seen <= self.grace_period:

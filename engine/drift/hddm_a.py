@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 __all__ = ["HDDMAIncrease"]
 
@@ -52,26 +53,36 @@ class HDDMAIncrease:
 
     def update(self, x: int | float) -> bool:
         """Feed one value (1 = error); True iff a rise of the mean is detected now."""
-        if self.drift_detected:
-            self._restart()
-        n = self._n + 1.0
-        mean = self._mean + (1.0 / n) * (x - self._mean)
-        self._n, self._mean = n, mean
-        n_min = self._n_min
-        if n_min == 0.0:
-            n_min, mean_min = n, mean
-        else:
-            mean_min = self._mean_min
-        log_inv = self._log_inv
-        if mean_min + math.sqrt(1.0 / (2 * n_min) * log_inv) >= mean + math.sqrt(1.0 / (2 * n) * log_inv):
-            n_min, mean_min = n, mean
-        self._n_min, self._mean_min = n_min, mean_min
-        if n_min == n:
-            self.drift_detected = False
-            return False
-        m = (n - n_min) / n_min * (1.0 / n)
-        self.drift_detected = mean - mean_min >= math.sqrt(m / 2 * self._log_two_inv)
-        return self.drift_detected
+        return self.first_detection((x,)) is not None
+
+    def first_detection(self, xs: Sequence[int | float], start: int = 0) -> int | None:
+        """:meth:`update` with ``xs[start]``, ``xs[start + 1]``, ... until one is detected.
+
+        Returns that value's index, or None once all were fed. One call per batch keeps the
+        per-value cost to the arithmetic.
+        """
+        n, mean, n_min, mean_min = self._n, self._mean, self._n_min, self._mean_min
+        log_inv, log_two_inv = self._log_inv, self._log_two_inv
+        detected = self.drift_detected
+        sqrt = math.sqrt
+        found = None
+        for i in range(start, len(xs)):
+            if detected:  # River restarts on the update after a detection
+                n = mean = n_min = mean_min = 0.0
+                detected = False
+            n += 1.0
+            mean = mean + (1.0 / n) * (xs[i] - mean)
+            if n_min == 0.0:
+                n_min, mean_min = n, mean
+            if mean_min + sqrt(1.0 / (2 * n_min) * log_inv) >= mean + sqrt(1.0 / (2 * n) * log_inv):
+                n_min, mean_min = n, mean
+            if n_min != n and mean - mean_min >= sqrt((n - n_min) / n_min * (1.0 / n) / 2 * log_two_inv):
+                detected = True
+                found = i
+                break
+        self._n, self._mean, self._n_min, self._mean_min = n, mean, n_min, mean_min
+        self.drift_detected = detected
+        return found
 
     def __repr__(self) -> str:
         return f"HDDMAIncrease(drift_confidence={self.drift_confidence})"

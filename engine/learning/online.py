@@ -22,7 +22,8 @@ model then starts afresh.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from operator import ne
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from engine.drift.detectors import DetectorName, ErrorRiseDetector
 from engine.learning.evaluation import ProgressiveValidation
@@ -51,6 +52,16 @@ _FLOAT_ONLY = {float}
 
 def _as_is(values: Any) -> Any:
     return values
+
+
+def _example_index(entry: int, holes: list[int]) -> int:
+    """The example behind metrics entry ``entry``, given the examples without one (ascending)."""
+    index = entry
+    for hole in holes:
+        if hole > index:
+            break
+        index += 1
+    return index
 
 
 class OnlineLearner:
@@ -115,18 +126,21 @@ class OnlineLearner:
 
     def learn(self, example: JoinedExample) -> bool:
         """Predict, score, learn one example; True when concept drift was detected on it."""
-        return self.learn_many([example.features], [example.label])[1]
+        drifts = self.drifts
+        self.learn_many([example.features], [example.label])
+        return self.drifts > drifts
 
     def learn_many(
         self, values: Iterable[Mapping[str, Any]], labels: Sequence[float], stop_at_seen: int | None = None, *,
-        clean: bool = False,
-    ) -> tuple[int, bool]:
-        """:meth:`learn` on each value and its label, in order.
+        clean: bool = False, on_drift: Callable[[int], None] | None = None,
+    ) -> int:
+        """:meth:`learn` on each value and its label, in order; how many it went through.
 
-        Stops after the first example on which concept drift is detected (the model is reset
-        there when ``on_drift="reset"``), or once :attr:`seen` reaches ``stop_at_seen``.
-        Returns how many examples it went through and whether it stopped for drift; the
-        metrics include every one of them.
+        Stops once :attr:`seen` reaches ``stop_at_seen``. For each example on which concept
+        drift is detected, ``on_drift(its index)`` is called when the metrics include exactly
+        the examples up to it. With ``on_drift="reset"`` the model starts afresh there, and
+        this call stops after that example; otherwise the detector reads the run's errors once
+        the model has learnt them (the same decisions, without a call per example).
 
         ``clean=True``: the caller vouches that every value passes :func:`clean_features` and
         has called :meth:`note_features` with their names (a learner batch checks that in the
@@ -134,20 +148,23 @@ class OnlineLearner:
         """
         model = self.model
         predict, learn_one = model.predict_proba_one, model.learn_one
-        observe = self.detector.observe
         features_of = _as_is if clean and not self._fixed_features else self.features_of
+        resetting = self.on_drift == "reset"
+        observe = self.detector.observe
         ys: list[bool] = []
         ps: list[float] = []
         ds: list[bool] = []
+        holes: list[int] = []  # examples without a metrics entry (no features, or no prediction)
         seen = self.seen
         stop = seen + len(labels) if stop_at_seen is None else stop_at_seen
         taken = 0
-        drift = False
-        for raw, label in zip(values, labels):
-            taken += 1
+        drift_at = -1
+        for i, (raw, label) in enumerate(zip(values, labels)):
+            taken = i + 1
             x = features_of(raw)
             if not x:
                 self.skipped_no_features += 1
+                holes.append(i)
                 continue
             y = label >= 0.5
             proba = predict(x)
@@ -159,19 +176,34 @@ class OnlineLearner:
                 ys.append(y)
                 ps.append(float(p))
                 ds.append(decision)
-                drift = observe(decision != y)
+                if resetting and observe(decision != y):
+                    drift_at = i
+            else:
+                holes.append(i)
             learn_one(x, y)
             seen += 1
-            if drift or seen >= stop:
+            if drift_at >= 0 or seen >= stop:
                 break
         self.since_snapshot += seen - self.seen
         self.seen = seen
-        self.validation.update_many(ys, ps, ds)
-        if drift:
-            self.drifts += 1
-            if self.on_drift == "reset":
+        if resetting:
+            self.validation.update_many(ys, ps, ds)
+            if drift_at >= 0:
+                self.drifts += 1
                 self.reset()
-        return taken, drift
+                if on_drift is not None:
+                    on_drift(drift_at)
+            return taken
+        wrong = list(map(ne, ds, ys))
+        at = 0
+        while (k := self.detector.first_alert(wrong, at)) is not None:
+            self.validation.update_many(ys[at:k + 1], ps[at:k + 1], ds[at:k + 1])
+            self.drifts += 1
+            if on_drift is not None:
+                on_drift(_example_index(k, holes))
+            at = k + 1
+        self.validation.update_many(ys[at:], ps[at:], ds[at:])
+        return taken
 
     def reset(self) -> None:
         """Start the model afresh (metrics and counters continue)."""

@@ -42,3 +42,17 @@ def test_a_falling_error_is_not_a_drift() -> None:
 def test_confidence_is_checked() -> None:
     with pytest.raises(ValueError):
         HDDMAIncrease(0.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batches_detect_where_single_updates_do(seed: int) -> None:
+    stream = _stream(seed)
+    single = HDDMAIncrease()
+    expected = [i for i, e in enumerate(stream) if single.update(e)]
+    batched, found = HDDMAIncrease(), []
+    for lo in range(0, len(stream), 777):
+        chunk, at = stream[lo:lo + 777], 0
+        while (k := batched.first_detection(chunk, at)) is not None:
+            found.append(lo + k)
+            at = k + 1
+    assert found == expected
