@@ -224,10 +224,10 @@ def measure_job(rows: list[dict[str, float]], labels: list[bool], kind: LearnerK
         if any(p.returncode for p in procs):
             raise RuntimeError(f"learning job failed: {[e.decode(errors='replace')[-2000:] for e in errors]}")
         reports = [orjson.loads(v) for v in _topic_values(stack.bootstrap, topics["metrics"])]
-        if [r["n"] for r in reports] != [len(rows)] or watch.first is None:
+        if [r["examples"] for r in reports] != [len(rows)] or watch.first is None:
             raise RuntimeError(f"the job reported {reports}, first read at {watch.first}")
         end = reports[0]["at_ms"] / 1000
-        detail = {"processes": processes, "learned": reports[0]["n"], "learner_process": reports[0]["process"],
+        detail = {"processes": processes, "learned": reports[0]["examples"], "learner_process": reports[0]["process"],
                   "seconds": end - watch.first, "startup_seconds": watch.first - started,
                   "seconds_incl_startup": end - started, "per_s_incl_startup": len(rows) / (end - started)}
         return len(rows) / detail["seconds"], detail

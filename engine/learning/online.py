@@ -50,10 +50,6 @@ def clean_features(values: Any) -> bool:
 _FLOAT_ONLY = {float}
 
 
-def _as_is(values: Any) -> Any:
-    return values
-
-
 def _example_index(entry: int, holes: list[int]) -> int:
     """The example behind metrics entry ``entry``, given the examples without one (ascending)."""
     index = entry
@@ -148,7 +144,7 @@ class OnlineLearner:
         """
         model = self.model
         predict, learn_one = model.predict_proba_one, model.learn_one
-        features_of = _as_is if clean and not self._fixed_features else self.features_of
+        as_is = clean and not self._fixed_features
         resetting = self.on_drift == "reset"
         observe = self.detector.observe
         ys: list[bool] = []
@@ -159,9 +155,10 @@ class OnlineLearner:
         stop = seen + len(labels) if stop_at_seen is None else stop_at_seen
         taken = 0
         drift_at = -1
-        for i, (raw, label) in enumerate(zip(values, labels)):
+        features_of = self.features_of
+        inputs = zip(values, labels) if as_is else ((features_of(raw), label) for raw, label in zip(values, labels))
+        for i, (x, label) in enumerate(inputs):
             taken = i + 1
-            x = features_of(raw)
             if not x:
                 self.skipped_no_features += 1
                 holes.append(i)

@@ -110,3 +110,20 @@ def test_bad_arguments():
         ErrorRiseDetector("hddm_a", two_sided_test=True)
     with pytest.raises(ValueError):
         ErrorRiseDetector("ddm").update(0.5)
+
+
+@pytest.mark.parametrize("name", ["hddm_a", "ddm", "adwin"])
+@pytest.mark.parametrize("grace", [0, 300])
+def test_first_alert_over_a_run_equals_observing_one_by_one(name: str, grace: int) -> None:
+    rng = np.random.default_rng(4)
+    rates = np.repeat([0.05, 0.4, 0.1, 0.5], 1500)
+    errors = (rng.random(rates.size) < rates).tolist()
+    single = ErrorRiseDetector(name, grace_period=grace)  # type: ignore[arg-type]
+    expected = [i for i, e in enumerate(errors) if single.observe(e)]
+    batched = ErrorRiseDetector(name, grace_period=grace)  # type: ignore[arg-type]
+    found, at = [], 0
+    while (k := batched.first_alert(errors, at)) is not None:
+        found.append(k)
+        at = k + 1
+    assert found == expected and expected
+    assert (batched.n_seen, batched.n_alerts, batched.n_ignored) == (single.n_seen, single.n_alerts, single.n_ignored)

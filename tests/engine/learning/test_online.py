@@ -86,3 +86,42 @@ def test_features_of_keeps_finite_numbers_only_and_reuses_a_clean_dict() -> None
     assert learner.features_of({}) == {}
     fixed = OnlineLearner(LearnerSpec(name="f", kind="logistic_regression", features=("b", "a")))
     assert list(fixed.features_of(clean)) == ["b", "a"]  # the spec's order, always a new dict
+
+
+@pytest.mark.parametrize("on_drift", ["alert", "reset"])
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_learn_many_matches_one_at_a_time(on_drift: str, chunk: int) -> None:
+    """Runs of any length: the same drifts at the same examples, metrics and model."""
+    stream = _stream(3000, seed=3)
+    for ex in stream[1200:2200]:
+        ex.label = 1.0 - ex.label  # two concept changes
+    for ex in stream[::97]:
+        ex.prediction.features = {"request.note": "no numbers"}  # examples without features
+    one = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"), on_drift=on_drift)  # type: ignore[arg-type]
+    expected = []
+    for i, ex in enumerate(stream):
+        if one.learn(ex):
+            expected.append((i, one.validation.report()["rolling"]))
+    many = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"), on_drift=on_drift)  # type: ignore[arg-type]
+    found = []
+    at = 0
+    while at < len(stream):
+        part = stream[at:at + chunk]
+
+        def seen(index: int, offset: int = at) -> None:
+            found.append((offset + index, many.validation.report()["rolling"]))
+
+        at += many.learn_many([ex.features for ex in part], [ex.label for ex in part], on_drift=seen)
+    assert len(expected) >= 2 and found == expected
+    assert many.validation.report() == one.validation.report()
+    assert (many.seen, many.drifts, many.resets, many.skipped_no_features) == \
+        (one.seen, one.drifts, one.resets, one.skipped_no_features)
+    x = {"user.a_1h": 0.3, "request.b": 0.9}
+    assert many.model.predict_proba_one(x) == one.model.predict_proba_one(x)
+
+
+def test_learn_many_stops_at_the_requested_count() -> None:
+    stream = _stream(100)
+    learner = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"))
+    taken = learner.learn_many([ex.features for ex in stream], [ex.label for ex in stream], stop_at_seen=40)
+    assert taken == 40 and learner.seen == 40 and learner.validation.report()["n"] == 40
