@@ -71,6 +71,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.processes:
         cfg.pipeline.processes = args.processes
+    if args.learning_processes:
+        cfg.learning.processes = args.learning_processes
     if args.no_recovery:
         cfg.pipeline.recovery = False
     with LocalStack(cfg) as stack:
@@ -110,10 +112,10 @@ def cmd_dataflow(args: argparse.Namespace) -> int:
         print("rtml dataflow needs RTML_KAFKA_BOOTSTRAP and RTML_REDIS_URL (`rtml up` starts everything)",
               file=sys.stderr)
         return 2
-    if cfg.pipeline.processes != 1:
+    if (cfg.pipeline.processes if args.job == "features" else cfg.learning.processes if args.job == "learning" else 1) != 1:
         # Processes of one job find each other on fixed addresses, which only `rtml up` sets up.
-        print("rtml dataflow runs one process; use `rtml up --processes N` for a multi-process job",
-              file=sys.stderr)
+        print("rtml dataflow runs one process; use `rtml up --processes N` (features) or "
+              "`--learning-processes N` for a multi-process job", file=sys.stderr)
         return 2
     [spec] = job_specs(cfg, args.job)
     os.execvpe(spec.argv[0], spec.argv, {**os.environ, **(spec.env or {})})
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the stack and the dataflows under a supervisor until Ctrl-C")
     up.add_argument("--processes", type=int, help="features dataflow processes (pipeline.processes)")
+    up.add_argument("--learning-processes", type=int,
+                    help="learning dataflow processes (learning.processes): input and join in one, learners in the others")
     up.add_argument("--no-recovery", action="store_true", help="run without Bytewax recovery")
     up.add_argument("--without", action="append", choices=["learning", "drift"],
                     help="do not run this dataflow (repeatable; the features dataflow always runs)")
