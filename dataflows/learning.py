@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -53,6 +54,7 @@ from operators.learn import (
     parse_batch,
     record_join,
     record_learn,
+    shard_names,
 )
 from operators.sinks import AlertSink, BanditRewardSink, DeadLetterSink, KafkaJsonSink
 from operators.sources import FileBatchSource, KafkaBatchSource, ReadHere
@@ -82,7 +84,8 @@ class LearningLayout:
     """Which process of the learning job does what, as the state keys that put it there.
 
     One process does everything. With N > 1, every join shard's key is owned by process 0
-    (which alone reads the input) and learner i's by process 1 + i mod (N - 1).
+    (which alone reads the input) and a learner's by process 1 + crc32(name) mod (N - 1):
+    its place depends on its name only, so adding or removing learners moves no other.
     """
 
     processes: int
@@ -91,11 +94,11 @@ class LearningLayout:
 
     @classmethod
     def plan(cls, processes: int, join_shards: int, learners: Sequence[str]) -> "LearningLayout":
-        shards = [str(i) for i in range(join_shards)]
+        shards = shard_names(join_shards)
         if processes == 1:
-            return cls(1, tuple(shards), {name: name for name in learners})
+            return cls(1, shards, {name: name for name in learners})
         join = keys_on({shard: 0 for shard in shards}, processes)
-        learn = keys_on({name: 1 + i % (processes - 1) for i, name in enumerate(learners)}, processes)
+        learn = keys_on({name: 1 + zlib.crc32(name.encode()) % (processes - 1) for name in learners}, processes)
         return cls(processes, tuple(join[s] for s in shards), learn)
 
     def reads_input(self, process_index: int) -> bool:

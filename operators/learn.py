@@ -33,6 +33,7 @@ from engine.learning.online import OnlineLearner, clean_features
 from engine.learning.records import JoinedExample, PredictionRecord, prediction_or_dead_letter
 from engine.learning.snapshots import publish_snapshot
 from engine.metrics import LearningMetrics
+from engine.runtime.placement import unsalted
 from operators.sources import RawBatch
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def shard_of(request_id: str, shards: int) -> int:
     True
     """
     return zlib.crc32(request_id.encode()) % shards
+
+
+def shard_names(shards: int) -> tuple[str, ...]:
+    """The join shards' names ("0", "1", ...): their state keys in a one-process job."""
+    return tuple(str(i) for i in range(shards))
 
 
 @dataclass(slots=True)
@@ -85,7 +91,7 @@ class ParseSettings:
 
     def __post_init__(self) -> None:
         if not self.shard_keys:
-            object.__setattr__(self, "shard_keys", tuple(str(i) for i in range(self.shards)))
+            object.__setattr__(self, "shard_keys", shard_names(self.shards))
         if len(self.shard_keys) != self.shards:
             raise ValueError("one state key per join shard")
 
@@ -408,8 +414,8 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
             if self._window_start_ms is None:
                 self._window_start_ms = times[at]
 
-            def alert(index: int, offset: int = at) -> None:
-                out.alerts.append(self._concept_alert(times[offset + index]))
+            def alert(index: int, seen: int, offset: int = at) -> None:
+                out.alerts.append(self._concept_alert(times[offset + index], seen))
                 # The next alert's window starts after this one (or at the next run).
                 self._window_start_ms = times[offset + index + 1] if offset + index + 1 < len(times) else None
 
@@ -429,7 +435,7 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
         assert self.learner is not None
         return {**self.learner.report(), "process": self.settings.process, "at_ms": int(self.clock() * 1000)}
 
-    def _concept_alert(self, label_time_ms: int) -> DriftAlert:
+    def _concept_alert(self, label_time_ms: int, seen: int) -> DriftAlert:
         learner = self.learner
         assert learner is not None
         rolling = learner.validation.report()["rolling"]
@@ -446,7 +452,7 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
             at_ms=int(self.clock() * 1000),
             details={
                 "detector": repr(learner.detector),
-                "examples_seen": learner.seen,
+                "examples_seen": seen,
                 "rolling_error_window": rolling["n"],
                 "reaction": self.settings.on_drift,
             },
@@ -486,7 +492,7 @@ def model_repository_path(path: str | None) -> str | None:
 def record_join(keyed: tuple[str, JoinOutput], metrics: LearningMetrics | None) -> JoinOutput:
     """Name the output's shard and count it in Prometheus."""
     shard, out = keyed
-    out.shard = shard.split("~")[0]  # the shard's number, without a placement salt
+    out.shard = unsalted(shard)  # the shard's number, without a placement salt
     if metrics is not None:
         for outcome, n in out.counts.items():
             metrics.join_outcomes.labels(outcome).inc(n)

@@ -240,17 +240,18 @@ def _freshness_ms(before: dict[float, float], after: dict[float, float], q: floa
     return None if value != value else value * 1000
 
 
-def _learner_auc(port: int) -> dict[str, float]:
-    """Rolling exact AUC per learner from the learning dataflow's /metrics."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
+def _learner_auc(port: int, processes: int = 1) -> dict[str, float]:
+    """Rolling exact AUC per learner from the learning job's /metrics (one port per process)."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "rtml_learner_metric" and s.labels.get("metric") == "auc" and s.labels.get("scope") == "rolling":
-                if s.value == s.value:  # NaN until both classes were seen
+    for i in range(processes):
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=2).read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "rtml_learner_metric" and s.labels.get("metric") == "auc" \
+                        and s.labels.get("scope") == "rolling" and s.value == s.value:  # NaN until both classes
                     out[s.labels["learner"]] = s.value
     return out
 
@@ -521,7 +522,7 @@ def _live_phase(cfg: RtmlConfig, plan: DemoPlan, sim: Simulator, events: Iterato
         t = time.monotonic() - live.started
         if t >= STEADY_AFTER_S and not fresh_steady:
             fresh_steady.append(_freshness_buckets(cfg))
-        for learner, value in _learner_auc(cfg.metrics.learning_port).items():
+        for learner, value in _learner_auc(cfg.metrics.learning_port, cfg.learning.processes).items():
             live.auc.setdefault(learner, []).append((t, value))
         aucs = ", ".join(f"{k} {v[-1][1]:.3f}" for k, v in live.auc.items()) or "warming up"
         bar.n = min(int(t), bar.total)

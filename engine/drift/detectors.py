@@ -114,6 +114,12 @@ class ErrorRiseDetector:
         self.n_alerts = 0
         self.n_ignored = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.detector_name == "hddm_a" and not isinstance(self._detector, HDDMAIncrease):
+            # A recovery snapshot from before HDDM_A ran lean: carry River's state over.
+            self._detector = HDDMAIncrease.from_river(self._detector)
+
     @property
     def detector(self) -> Any:
         """The wrapped river detector (read-only use)."""

@@ -20,7 +20,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["HDDMAIncrease"]
 
@@ -44,6 +44,15 @@ class HDDMAIncrease:
         self._log_two_inv = math.log(2.0 / drift_confidence)
         self.drift_detected = False
         self._restart()
+
+    @classmethod
+    def from_river(cls, detector: Any) -> "HDDMAIncrease":
+        """The same state as a ``river.drift.binary.HDDMA`` (one-sided), e.g. from an old snapshot."""
+        lean = cls(detector.drift_confidence)
+        lean._n, lean._mean = float(detector._z.n), detector._z._mean
+        lean._n_min, lean._mean_min = float(detector._x_min.n), detector._x_min._mean
+        lean.drift_detected = bool(detector.drift_detected)
+        return lean
 
     def _restart(self) -> None:
         self._n = 0.0  # River's Mean counts in floats

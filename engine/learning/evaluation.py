@@ -117,6 +117,14 @@ class ProgressiveValidation:
         if len(self._pending_y) >= self.fold_every:
             self._fold()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        pending = state.pop("_pending", None)
+        self.__dict__.update(state)
+        if pending is not None:  # a recovery snapshot from before the buffer became columns
+            self._pending_y = [y for y, _, _ in pending]
+            self._pending_p = [p for _, p, _ in pending]
+            self._pending_d = [d for _, _, d in pending]
+
     def _fold(self) -> None:
         if not self._pending_y:
             return

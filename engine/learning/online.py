@@ -113,8 +113,9 @@ class OnlineLearner:
         return x
 
     def note_features(self, names: Iterable[str]) -> None:
-        """Add names not seen before to :attr:`features` (in the order given)."""
-        if not self._known.issuperset(names):
+        """Add names not seen before to :attr:`features` (in the order given); a spec that
+        names its features keeps exactly those."""
+        if not self._fixed_features and not self._known.issuperset(names):
             for name in names:
                 if name not in self._known:
                     self._known.add(name)
@@ -128,13 +129,13 @@ class OnlineLearner:
 
     def learn_many(
         self, values: Iterable[Mapping[str, Any]], labels: Sequence[float], stop_at_seen: int | None = None, *,
-        clean: bool = False, on_drift: Callable[[int], None] | None = None,
+        clean: bool = False, on_drift: Callable[[int, int], None] | None = None,
     ) -> int:
         """:meth:`learn` on each value and its label, in order; how many it went through.
 
         Stops once :attr:`seen` reaches ``stop_at_seen``. For each example on which concept
-        drift is detected, ``on_drift(its index)`` is called when the metrics include exactly
-        the examples up to it. With ``on_drift="reset"`` the model starts afresh there, and
+        drift is detected, ``on_drift(its index, seen then)`` is called when the metrics
+        include exactly the examples up to it. With ``on_drift="reset"`` the model starts afresh there, and
         this call stops after that example; otherwise the detector reads the run's errors once
         the model has learnt them (the same decisions, without a call per example).
 
@@ -151,7 +152,8 @@ class OnlineLearner:
         ps: list[float] = []
         ds: list[bool] = []
         holes: list[int] = []  # examples without a metrics entry (no features, or no prediction)
-        seen = self.seen
+        unlearnt: list[int] = []  # examples without features (not learnt, not counted in seen)
+        seen = start_seen = self.seen
         stop = seen + len(labels) if stop_at_seen is None else stop_at_seen
         taken = 0
         drift_at = -1
@@ -162,6 +164,7 @@ class OnlineLearner:
             if not x:
                 self.skipped_no_features += 1
                 holes.append(i)
+                unlearnt.append(i)
                 continue
             y = label >= 0.5
             proba = predict(x)
@@ -189,7 +192,7 @@ class OnlineLearner:
                 self.drifts += 1
                 self.reset()
                 if on_drift is not None:
-                    on_drift(drift_at)
+                    on_drift(drift_at, seen)
             return taken
         wrong = list(map(ne, ds, ys))
         at = 0
@@ -197,7 +200,8 @@ class OnlineLearner:
             self.validation.update_many(ys[at:k + 1], ps[at:k + 1], ds[at:k + 1])
             self.drifts += 1
             if on_drift is not None:
-                on_drift(_example_index(k, holes))
+                index = _example_index(k, holes)
+                on_drift(index, start_seen + index + 1 - sum(1 for u in unlearnt if u <= index))
             at = k + 1
         self.validation.update_many(ys[at:], ps[at:], ds[at:])
         return taken

@@ -19,9 +19,19 @@ import threading
 from functools import lru_cache
 from typing import Mapping, Sequence
 
-__all__ = ["key_owners", "keys_on"]
+__all__ = ["key_owners", "keys_on", "unsalted"]
 
 _SALTS = 64  # candidates per name: (1 - 1/workers) ** 64 is the chance that none lands
+_SALT_MARK = "~"
+
+
+def unsalted(key: str) -> str:
+    """The name a key from :func:`keys_on` was made for.
+
+    >>> unsalted("ctr_online~3"), unsalted("0")
+    ('ctr_online', '0')
+    """
+    return key.split(_SALT_MARK, 1)[0]
 
 
 def key_owners(keys: Sequence[str], workers: int) -> dict[str, int]:
@@ -47,7 +57,9 @@ def keys_on(wanted: Mapping[str, int], workers: int) -> dict[str, str]:
     """
     if any(not 0 <= t < workers for t in wanted.values()):
         raise ValueError(f"workers are numbered 0 to {workers - 1}")
-    candidates = {name: [name] + [f"{name}~{k}" for k in range(1, _SALTS)] for name in wanted}
+    if any(_SALT_MARK in name for name in wanted):
+        raise ValueError(f"names must not contain {_SALT_MARK!r}")
+    candidates = {name: [name] + [f"{name}{_SALT_MARK}{k}" for k in range(1, _SALTS)] for name in wanted}
     owners = key_owners([c for cs in candidates.values() for c in cs], workers)
     chosen: dict[str, str] = {}
     for name, target in wanted.items():

@@ -127,3 +127,19 @@ def test_first_alert_over_a_run_equals_observing_one_by_one(name: str, grace: in
         at = k + 1
     assert found == expected and expected
     assert (batched.n_seen, batched.n_alerts, batched.n_ignored) == (single.n_seen, single.n_alerts, single.n_ignored)
+
+
+def test_a_snapshot_holding_rivers_hddm_a_resumes_on_the_lean_one() -> None:
+    import pickle
+
+    from river.drift.binary import HDDMA
+
+    from engine.drift.hddm_a import HDDMAIncrease
+
+    old = ErrorRiseDetector("hddm_a")
+    old._detector = HDDMA()  # what snapshots held before
+    for e in [0, 1, 0, 0, 1]:
+        old._detector.update(e)
+    resumed = pickle.loads(pickle.dumps(old))
+    assert isinstance(resumed.detector, HDDMAIncrease) and resumed.detector._n == 5.0
+    assert resumed.first_alert([1] * 50) is None or resumed.n_alerts == 1

@@ -56,3 +56,15 @@ def test_batches_detect_where_single_updates_do(seed: int) -> None:
             found.append(lo + k)
             at = k + 1
     assert found == expected
+
+
+def test_rivers_state_carries_over() -> None:
+    """An old snapshot's River detector continues as the lean one, decision for decision."""
+    stream = _stream(1)
+    river = HDDMA()
+    for e in stream[:7_000]:
+        river.update(e)
+    lean = HDDMAIncrease.from_river(river)
+    for e in stream[7_000:]:
+        river.update(e)
+        assert lean.update(e) == river.drift_detected

@@ -60,3 +60,17 @@ def test_empty_and_one_class() -> None:
     pv.update(True, 0.9)
     report = pv.report()
     assert report["accuracy"] == 1.0 and report["rolling"]["auc"] is None
+
+
+def test_a_snapshot_with_the_old_pending_buffer_resumes() -> None:
+    import pickle
+
+    old = ProgressiveValidation(window=10)
+    old.update(True, 0.9)
+    state = old.__dict__.copy()
+    ys, ps, ds = state.pop("_pending_y"), state.pop("_pending_p"), state.pop("_pending_d")
+    state["_pending"] = list(zip(ys, ps, ds))  # how snapshots held it before
+    resumed = ProgressiveValidation.__new__(ProgressiveValidation)
+    resumed.__setstate__(pickle.loads(pickle.dumps(state)))
+    resumed.update(False, 0.2)
+    assert resumed.report()["n"] == 2 and resumed.report()["accuracy"] == 1.0

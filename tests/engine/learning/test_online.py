@@ -101,15 +101,15 @@ def test_learn_many_matches_one_at_a_time(on_drift: str, chunk: int) -> None:
     expected = []
     for i, ex in enumerate(stream):
         if one.learn(ex):
-            expected.append((i, one.validation.report()["rolling"]))
+            expected.append((i, one.seen, one.validation.report()["rolling"]))
     many = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"), on_drift=on_drift)  # type: ignore[arg-type]
     found = []
     at = 0
     while at < len(stream):
         part = stream[at:at + chunk]
 
-        def seen(index: int, offset: int = at) -> None:
-            found.append((offset + index, many.validation.report()["rolling"]))
+        def seen(index: int, seen_then: int, offset: int = at) -> None:
+            found.append((offset + index, seen_then, many.validation.report()["rolling"]))
 
         at += many.learn_many([ex.features for ex in part], [ex.label for ex in part], on_drift=seen)
     assert len(expected) >= 2 and found == expected
@@ -125,3 +125,11 @@ def test_learn_many_stops_at_the_requested_count() -> None:
     learner = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression"))
     taken = learner.learn_many([ex.features for ex in stream], [ex.label for ex in stream], stop_at_seen=40)
     assert taken == 40 and learner.seen == 40 and learner.validation.report()["n"] == 40
+
+
+def test_a_spec_with_named_features_keeps_exactly_those() -> None:
+    learner = OnlineLearner(LearnerSpec(name="m", kind="logistic_regression", features=["a"]))
+    learner.note_features(["a", "b"])
+    learner.learn_many([{"a": 1.0, "b": 2.0}] * 5, [1.0] * 5, clean=True)
+    assert learner.features == ["a"]
+    assert set(learner.model["LogisticRegression"].weights) == {"a"}
