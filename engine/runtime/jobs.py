@@ -7,9 +7,11 @@ on, the recovery directory is initialised once with one partition per process.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.config import RtmlConfig, to_env
 from engine.runtime.ports import free_port
@@ -22,13 +24,31 @@ DRIFT_FLOW = "dataflows.drift:flow_from_env()"
 JOBS = ("features", "learning", "drift")
 
 
-def init_recovery(directory: str | Path, partitions: int) -> None:
-    """Create Bytewax recovery partitions unless the directory already holds them."""
+LAYOUT_FILE = "rtml-layout.json"
+
+
+def init_recovery(directory: str | Path, partitions: int, layout: dict[str, Any] | None = None) -> None:
+    """Create Bytewax recovery partitions unless the directory already holds them.
+
+    ``layout``: the settings the job's state keys depend on. They are recorded with new
+    state; existing state written under other settings is refused (its keys would be
+    orphaned and the job would silently start afresh).
+    """
     path = Path(directory)
+    record = path / LAYOUT_FILE
     if path.exists() and any(path.glob("part-*.sqlite3")):
+        if layout is not None and record.exists():
+            before = json.loads(record.read_text())
+            if before != layout:
+                raise RuntimeError(
+                    f"the recovery state in {path} was written with {before}, not {layout}: restore those "
+                    "settings, or start from a fresh recovery directory"
+                )
         return
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
+    if layout is not None:
+        record.write_text(json.dumps(layout))
 
 
 def _worker_ports(cfg: RtmlConfig, n: int) -> list[int]:
@@ -56,17 +76,19 @@ def dataflow_specs(
     processes: int | None = None,
     recovery_dir: str | Path | None = None,
     recovery: bool | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> list[ProcessSpec]:
     """Process specs for one dataflow job, with recovery when configured.
 
     Defaults follow ``pipeline`` (processes, recovery, ``<recovery_dir>/<name>``).
+    ``layout``: see :func:`init_recovery`.
     """
     p = cfg.pipeline
     n = p.processes if processes is None else processes
     base = [sys.executable, "-m", "bytewax.run", flow]
     if (p.recovery if recovery is None else recovery) and (recovery_dir or p.recovery_dir):
         directory = Path(recovery_dir) if recovery_dir else Path(p.recovery_dir or "") / name
-        init_recovery(directory, n)
+        init_recovery(directory, n, layout)
         base += ["-r", str(directory), "-s", str(p.snapshot_interval_s), "-b", "0"]
     addresses = ";".join(f"127.0.0.1:{port}" for port in _worker_ports(cfg, n)) if n > 1 else ""
     env = to_env(cfg)
@@ -89,8 +111,10 @@ def job_specs(cfg: RtmlConfig, job: str) -> list[ProcessSpec]:
         return dataflow_specs(cfg)
     if job == "learning":
         lc = cfg.learning
+        # With several processes the state keys are placed for that many (dataflows/learning.py).
         return dataflow_specs(cfg, LEARNING_FLOW, "learning", processes=lc.processes, recovery=lc.recovery,
-                              recovery_dir=lc.recovery_dir)
+                              recovery_dir=lc.recovery_dir,
+                              layout={"processes": lc.processes, "join_shards": lc.join_shards})
     if job == "drift":
         return dataflow_specs(cfg, DRIFT_FLOW, "drift", processes=1)
     raise ValueError(f"unknown job {job!r}; known: {', '.join(JOBS)}")
