@@ -7,9 +7,11 @@ process over a bounded Kafka source (it ends at the end offsets), and reads what
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from bytewax.testing import run_main
@@ -157,6 +159,70 @@ def test_a_two_process_job_learns_in_its_second_process_exactly_as_river(stack, 
     reports = [orjson.loads(v) for v, _ in read_all(stack.bootstrap, topics.metrics)]
     assert [(r["n"], r["process"]) for r in reports] == [(1250, 1)]  # learnt in process 1 only
     assert reports[0]["accuracy"] == accuracy.get()
+
+
+def test_a_two_process_job_killed_mid_stream_resumes_its_learner_exactly(stack, unique_topic, tmp_path) -> None:
+    """kill -9 of both processes, restart with the same settings: the learner's state comes
+    back from Bytewax recovery under its placed key, and every example is learnt once."""
+    topics = Topics(unique_topic, stack, tmp_path, report_every_examples=250, join_shards=3, processes=2,
+                    snapshot_every_examples=10_000, recovery_dir=str(tmp_path / "recovery"))
+    data = list(datasets.Phishing())
+    preds = [prediction(f"r{i}", T0 + i * 1000, {f"request.{k}": v for k, v in x.items()}, model="phishing")
+             for i, (x, _) in enumerate(data)]
+    labels = [{"request_id": f"r{i}", "label": 1.0 if y else 0.0, "event_time": T0 + i * 1000 + 500}
+              for i, (_, y) in enumerate(data)]
+    learners = tmp_path / "learners.yaml"
+    learners.write_text("learners:\n  - name: phishing\n    kind: logistic_regression\n    learn_from: [phishing]\n")
+    cfg = topics.cfg.model_copy(update={
+        "learning": topics.cfg.learning.model_copy(update={"learners": str(learners)}),
+        "metrics": topics.cfg.metrics.model_copy(update={"learning_port": free_port_range(2)}),
+        "pipeline": topics.cfg.pipeline.model_copy(update={"snapshot_interval_s": 1}),
+    })
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        return [subprocess.Popen(spec.argv, env={**os.environ, **(spec.env or {})}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                for spec in dataflow_specs(cfg, "dataflows.learning:flow_from_env()", "learning", processes=2,
+                                           recovery=True, recovery_dir=tmp_path / "recovery")]
+
+    def reports_until(done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 90) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reports = [orjson.loads(v) for v, _ in read_all(stack.bootstrap, topics.metrics)]
+            if done(reports):
+                return reports
+        raise AssertionError(f"no such reports in {timeout_s} s: {reports}")
+
+    half = 700
+    produce(stack.bootstrap, topics.predictions, preds[:half])
+    produce(stack.bootstrap, topics.labels, labels[:half])
+    procs = start()
+    try:
+        reports_until(lambda rs: any(r["examples"] >= 500 for r in rs))
+        time.sleep(1.5)  # at least one snapshot after that
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    produce(stack.bootstrap, topics.predictions, preds[half:])
+    produce(stack.bootstrap, topics.labels, labels[half:])
+    procs = start()
+    try:
+        reports = reports_until(lambda rs: any(r["examples"] == len(data) for r in rs))
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+    reference = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy = metrics.Accuracy()
+    for x, y in data:
+        accuracy.update(y, reference.predict_one(x))
+        reference.learn_one(x, y)
+    final = next(r for r in reports if r["examples"] == len(data))
+    assert (final["n"], final["accuracy"], final["process"]) == (len(data), accuracy.get(), 1)
+    # Resumed, not started afresh: a fresh job would read from the start and report 250 again.
+    assert sum(r["examples"] == 250 for r in reports) == 1, [r["examples"] for r in reports]
 
 
 def test_join_outcomes_dead_letters_and_unjoined_labels(stack, unique_topic, tmp_path) -> None:
