@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             tuned_gc():
         store = OnlineStore(redis.Redis.from_url(stack.redis_url or ""), views, "stages")
         router = Router(programs, args.shards)
-        shards: dict[str, ShardAggregator] = {}
+        shards: dict[str, tuple[str, ShardAggregator]] = {}  # key -> (view, shard)
         by_name = {p.view.name: p for p in programs}
         now = time.time()
         for i, batch in enumerate(batches):
@@ -74,23 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             items = router.route(checked)
             t3 = time.perf_counter()
             for key, (view, shard_batch, _) in items:
-                shard = shards.get(key)
-                if shard is None:
-                    shard = shards[key] = ShardAggregator(by_name[view], out_of_orderness_ms=2_000,
-                                                          allowed_lateness_ms=60_000, idle_advance=False,
-                                                          sources=[("events", 0)], wall_now=now)
-                shard.ingest(shard_batch, now)
+                if key not in shards:
+                    shards[key] = (view, ShardAggregator(by_name[view], out_of_orderness_ms=2_000,
+                                                         allowed_lateness_ms=60_000, idle_advance=False,
+                                                         sources=[("events", 0)], wall_now=now))
+                shards[key][1].ingest(shard_batch, now)
             t4 = time.perf_counter()
             spent["parse_floor"] += t1 - t0
             spent["validate"] += t2 - t1
             spent["route"] += t3 - t2
             spent["fold"] += t4 - t3
             if (i + 1) % args.flush_every == 0 or i == len(batches) - 1:
-                for key, shard in shards.items():
+                for view, shard in shards.values():
                     t5 = time.perf_counter()
                     rows = shard.running(shard.take_dirty(), now)
                     t6 = time.perf_counter()
-                    store.write_running(key.split("#")[0], rows)
+                    store.write_running(view, rows)
                     t7 = time.perf_counter()
                     spent["running"] += t6 - t5
                     spent["redis"] += t7 - t6

@@ -44,6 +44,7 @@ from confluent_kafka import Producer
 
 from benchmarks.report import fmt_rate, machine_description, machine_line, publish
 from engine.config import RtmlConfig, load_config
+from engine.events.topic_reader import read_topic
 from engine.learning.learners import LearnerKind, LearnerSpec, build_model
 from engine.learning.online import OnlineLearner
 from engine.learning.records import PredictionRecord
@@ -223,7 +224,7 @@ def measure_job(rows: list[dict[str, float]], labels: list[bool], kind: LearnerK
                     p.kill()
         if any(p.returncode for p in procs):
             raise RuntimeError(f"learning job failed: {[e.decode(errors='replace')[-2000:] for e in errors]}")
-        reports = [orjson.loads(v) for v in _topic_values(stack.bootstrap, topics["metrics"])]
+        reports = [orjson.loads(v) for v in read_topic(stack.bootstrap, topics["metrics"])]
         if [r["examples"] for r in reports] != [len(rows)] or watch.first is None:
             raise RuntimeError(f"the job reported {reports}, first read at {watch.first}")
         end = reports[0]["at_ms"] / 1000
@@ -231,24 +232,6 @@ def measure_job(rows: list[dict[str, float]], labels: list[bool], kind: LearnerK
                   "seconds": end - watch.first, "startup_seconds": watch.first - started,
                   "seconds_incl_startup": end - started, "per_s_incl_startup": len(rows) / (end - started)}
         return len(rows) / detail["seconds"], detail
-
-
-def _topic_values(bootstrap: str, topic: str) -> list[bytes]:
-    """Every value of partition 0 of ``topic`` as it is now."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False})
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    values: list[bytes] = []
-    while len(values) < high:
-        msg = consumer.poll(5.0)
-        if msg is None:
-            break
-        if msg.error() is None:
-            values.append(msg.value())
-    consumer.close()
-    return values
 
 
 class _FirstRead(threading.Thread):

@@ -320,9 +320,6 @@ class LearnerBatch:
         return cls(values, [ex.label for ex in examples], [ex.label_time_ms for ex in examples],
                    all(map(clean_features, values)))
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def feature_names(self) -> list[str]:
         """Every feature name of the batch, in the order first seen."""
         values = self.values
@@ -408,8 +405,8 @@ class LearnerLogic(StatefulBatchLogic[LearnerInput, LearnOutput, OnlineLearner])
             learner.note_features(batch.feature_names())
         times = batch.label_times
         at = 0
-        # Learn in runs that end at each report and each drift, so both see exactly the
-        # examples before them.
+        # Learn in runs that end at each report (and, with on_drift="reset", at each drift),
+        # so a report sees exactly the examples before it; an alert's metrics are its own.
         while at < len(times):
             if self._window_start_ms is None:
                 self._window_start_ms = times[at]

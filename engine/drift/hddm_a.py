@@ -43,7 +43,10 @@ class HDDMAIncrease:
         self._log_inv = math.log(1.0 / drift_confidence)
         self._log_two_inv = math.log(2.0 / drift_confidence)
         self.drift_detected = False
-        self._restart()
+        self._n = 0.0  # River's Mean counts in floats
+        self._mean = 0.0
+        self._n_min = 0.0  # the cut point: count and mean where mean + bound was lowest
+        self._mean_min = 0.0
 
     @classmethod
     def from_river(cls, detector: Any) -> "HDDMAIncrease":
@@ -53,12 +56,6 @@ class HDDMAIncrease:
         lean._n_min, lean._mean_min = float(detector._x_min.n), detector._x_min._mean
         lean.drift_detected = bool(detector.drift_detected)
         return lean
-
-    def _restart(self) -> None:
-        self._n = 0.0  # River's Mean counts in floats
-        self._mean = 0.0
-        self._n_min = 0.0  # the cut point: count and mean where mean + bound was lowest
-        self._mean_min = 0.0
 
     def update(self, x: int | float) -> bool:
         """Feed one value (1 = error); True iff a rise of the mean is detected now."""

@@ -155,12 +155,10 @@ class OnlineLearner:
         unlearnt: list[int] = []  # examples without features (not learnt, not counted in seen)
         seen = start_seen = self.seen
         stop = seen + len(labels) if stop_at_seen is None else stop_at_seen
-        taken = 0
-        drift_at = -1
+        drift_at = i = -1
         features_of = self.features_of
         inputs = zip(values, labels) if as_is else ((features_of(raw), label) for raw, label in zip(values, labels))
         for i, (x, label) in enumerate(inputs):
-            taken = i + 1
             if not x:
                 self.skipped_no_features += 1
                 holes.append(i)
@@ -184,6 +182,7 @@ class OnlineLearner:
             seen += 1
             if drift_at >= 0 or seen >= stop:
                 break
+        taken = i + 1
         self.since_snapshot += seen - self.seen
         self.seen = seen
         if resetting:
