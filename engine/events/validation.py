@@ -39,11 +39,11 @@ Rules (the same for JSON and protobuf, which decode to the same dict):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain, repeat
 from typing import Any, Final, Sequence
 
 import orjson
 
+from engine.events._batch_check import interaction_columns
 from engine.events.codec import JSON_CONTENT_TYPE, DecodeError, Headers, content_type, decode, short_repr
 from engine.events.columns import InteractionColumns
 from engine.events.schemas import EVENT_TYPES, Interaction, ItemUpdate, Label
@@ -247,51 +247,8 @@ def validate_interaction(
         return _internal(exc)
 
 
-_NONE_TYPE = type(None)
-_INTERACTION_FIELDS = ("user_id", "item_id", "event_type", "event_time", "context", "request_id")
-
-
-def _ids_ok(values: list[Any], optional: bool = False) -> bool:
-    """Every value a string of 1..MAX_ID_LEN characters (or None, when optional)."""
-    types = set(map(type, values))
-    if optional and _NONE_TYPE in types:
-        values = [v for v in values if v is not None]
-        types.discard(_NONE_TYPE)
-    if not values:
-        return True
-    if types != {str}:
-        return False
-    lengths = set(map(len, values))
-    return min(lengths) > 0 and max(lengths) <= MAX_ID_LEN
-
-
-def _contexts_ok(contexts: list[Any]) -> bool:
-    """Every context None or a flat map that :func:`_check_flat_map` accepts."""
-    if not set(map(type, contexts)) <= {dict, _NONE_TYPE}:
-        return False
-    maps = list(filter(None, contexts))
-    if not maps:
-        return True
-    if max(map(len, maps)) > MAX_MAP_KEYS:
-        return False
-    keys = set(chain.from_iterable(maps))  # distinct keys: few, whatever the batch size
-    if set(map(type, keys)) != {str}:
-        return False
-    lengths = set(map(len, keys))
-    if min(lengths) == 0 or max(lengths) > MAX_ID_LEN:
-        return False
-    values = list(chain.from_iterable(map(dict.values, maps)))
-    types = set(map(type, values))
-    if types == {int}:
-        return min(values) >= _INT64_MIN and max(values) <= _INT64_MAX
-    if not types <= {str, bool, int, float}:
-        return False
-    if int in types:
-        ints = [v for v in values if v.__class__ is int]
-        if min(ints) < _INT64_MIN or max(ints) > _INT64_MAX:
-            return False
-    # x - x is 0.0 for finite floats and NaN (truthy) for inf/NaN.
-    return not (float in types and any(v - v for v in values if v.__class__ is float))
+# Each accepted event type mapped to one interned object, stored in the batch's column.
+_CANONICAL_TYPES: Final = {t: t for t in EVENT_TYPES}
 
 
 def validate_interaction_batch(
@@ -304,9 +261,10 @@ def validate_interaction_batch(
 
     JSON here means no content-type header or a JSON one (other headers are ignored).
 
-    The same rules as :func:`validate_interaction`, checked a column at a time: the common
-    case costs a parse and a few C-level passes per batch instead of a function per event.
-    None means some message needs :func:`validate_interaction` (to find which, and why).
+    The same rules as :func:`validate_interaction`, checked by compiled code
+    (engine/events/_batch_check.c) in one pass that parses with orjson and fills the columns:
+    the common case costs a parse and a few checks per event. None means some message needs
+    :func:`validate_interaction` (to find which, and why).
 
     >>> ok = [b'{"user_id":"u","item_id":"i","event_type":"view","event_time":1700000000000}']
     >>> validate_interaction_batch(ok, [None], 1_700_000_000_000, 0).user_id
@@ -314,31 +272,11 @@ def validate_interaction_batch(
     >>> validate_interaction_batch(ok + [b'{"user_id":"u"}'], [None, None], 1_700_000_000_000, 0) is None
     True
     """
-    try:
-        if any(headers) and not all(not h or _json_or_undeclared(h) for h in headers):
-            return None
-        if set(map(type, raws)) != {bytes} or not all(r[:1] == b"{" for r in raws):
-            return None
-        docs = [orjson.loads(r) for r in raws]
-        if set(map(type, docs)) != {dict}:
-            return None
-        user_id, item_id, event_type, event_time, context, request_id = (
-            list(map(dict.get, docs, repeat(name))) for name in _INTERACTION_FIELDS
-        )
-        if not (_ids_ok(user_id) and _ids_ok(item_id) and _ids_ok(request_id, optional=True)):
-            return None
-        if set(map(type, event_type)) != {str} or not set(event_type) <= EVENT_TYPES:
-            return None
-        if set(map(type, event_time)) != {int} or min(event_time) < MIN_EVENT_TIME_MS \
-                or max(event_time) > now_ms + max_future_ms:
-            return None
-        if not _contexts_ok(context):
-            return None
-        if None in context:
-            context = [{} if c is None else c for c in context]
-        return InteractionColumns(user_id, item_id, event_type, event_time, context, request_id)
-    except Exception:  # noqa: BLE001 - anything odd: the per-message path explains it
+    if any(headers) and not all(not h or _json_or_undeclared(h) for h in headers):
         return None
+    found = interaction_columns(raws if raws.__class__ is list else list(raws), orjson.loads, _CANONICAL_TYPES,
+                                MIN_EVENT_TIME_MS, now_ms + max_future_ms)
+    return None if found is None else InteractionColumns(*found)
 
 
 def validate_label(

@@ -253,3 +253,24 @@ def test_batch_validation_agrees_with_the_per_message_validator() -> None:
     # The header-less valid cases alone always take the column path.
     plain = [raw for raw, (kind, h) in cases if kind == "ok" and h is None]
     assert validate_interaction_batch(plain, [None] * len(plain), NOW, MAX_FUTURE) is not None
+
+
+def test_batch_validation_refuses_each_bad_message_alone_and_keeps_valid_ones_exact() -> None:
+    for raw, (kind, headers) in _batch_cases():
+        got = validate_interaction_batch([raw], [headers], NOW, MAX_FUTURE)
+        single = validate_interaction(raw, headers, NOW, MAX_FUTURE)
+        if kind == "ok":
+            assert got is not None and got.row(0) == single, raw
+        else:
+            assert got is None, raw
+    # An int too large for int64, and an empty batch.
+    huge = b'{"user_id":"u","item_id":"i","event_type":"view","event_time":%d}' % 2**70
+    assert validate_interaction_batch([huge], [None], NOW, MAX_FUTURE) is None
+    assert len(validate_interaction_batch([], [], NOW, MAX_FUTURE)) == 0  # type: ignore[arg-type]
+
+
+def test_batch_validation_stores_one_object_per_event_type() -> None:
+    raws = [_interaction(event_type="click"), _interaction(event_type="click")]
+    got = validate_interaction_batch(raws, [None, None], NOW, MAX_FUTURE)
+    assert got is not None and got.event_type[0] is got.event_type[1]
+    assert got.context[0] is not got.context[1]  # fresh maps, never one shared {}

@@ -1,0 +1,13 @@
+"""The compiled parts of rtml; everything else is declared in pyproject.toml.
+
+The features pipeline's hot path is C (gcc and the Python headers are on every machine
+that installs rtml: these hosts, and the Dockerfile's build stage).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("engine.events._batch_check", ["engine/events/_batch_check.c"], extra_compile_args=["-O2"]),
+    ]
+)
