@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import hiredis
+import orjson
 import redis
 
+from engine.features._resp import hset_running
 from engine.features.shard import RunningValues
 from engine.features.spec import FeatureView
 
@@ -64,15 +66,23 @@ def run_commands(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> No
     the write path of every feature update. Raises the first error reply, after
     reading all replies so the connection stays in sync.
     """
-    if not commands:
+    if commands:
+        run_packed(client, b"".join(hiredis.pack_command(cmd) for cmd in commands), len(commands))
+
+
+def run_packed(client: redis.Redis, payload: bytes, replies: int) -> None:
+    """Send ``payload`` (``replies`` RESP-encoded commands) in one write and read every reply.
+
+    Raises the first error reply, after reading all replies so the connection stays in sync.
+    """
+    if not replies:
         return
-    payload = b"".join(hiredis.pack_command(cmd) for cmd in commands)
     pool = client.connection_pool
     conn = pool.get_connection()
     first_error: redis.ResponseError | None = None
     try:
         conn.send_packed_command([payload])
-        for _ in commands:
+        for _ in range(replies):
             try:
                 conn.read_response()
             except redis.ResponseError as exc:
@@ -110,26 +120,23 @@ class OnlineStore:
     def write_running(self, view: str, rows: Iterable[RunningValues], wall_ms: int | None = None) -> int:
         """Write running values in one pipelined round trip; returns the number of hashes."""
         wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
+        rows = rows if isinstance(rows, list) else list(rows)
         ttl_ms = self.views[view].ttl_ms
         refresh_before = wall_ms - ttl_ms // 8
         expiry_set = self._expiry_set
         prefix = f"{self.prefix}:{view}:"
-        commands: list[tuple[Any, ...]] = []
-        n = 0
+        # The HSETs are encoded in C (engine/features/_resp.c), exactly as encode_value writes.
+        payload = [hset_running(prefix.encode(), rows, wall_ms, orjson.dumps)]
+        expiring = 0
         for row in rows:
             key = prefix + row.entity
-            # hiredis formats ints and floats exactly like encode_value (shortest round-trip repr).
-            hset: list[Any] = ["HSET", key]
-            for field, value in zip(row.columns, row.values):
-                hset += (field, "" if value is None else value)
-            hset += ("_t", row.last_event_ms, "_asof", row.asof_ms, "_w", wall_ms)
-            commands.append(tuple(hset))
             if expiry_set.get(key, -1) < refresh_before:
-                commands.append(("PEXPIRE", key, ttl_ms))
+                # After the HSETs: a PEXPIRE of a key that does not exist yet does nothing.
+                payload.append(hiredis.pack_command(("PEXPIRE", key, ttl_ms)))
                 expiry_set[key] = wall_ms
-            n += 1
-        run_commands(self.client, commands)
-        return n
+                expiring += 1
+        run_packed(self.client, b"".join(payload), len(rows) + expiring)
+        return len(rows)
 
     def get(
         self,
