@@ -6,7 +6,8 @@ whatever the number of entities: per-key overhead stays constant while each key
 aggregates thousands of entities per call.
 
 A shard gets its events as a :class:`ShardBatch` of columns (entities, event times,
-the measures' inputs), cut from the batch with one stable sort by shard.
+the measures' inputs), cut from the batch with one stable sort by shard. Hashing, sorting
+and reordering the columns are compiled (engine/features/_kernels.c).
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from typing import Sequence
 import numpy as np
 
 from engine.events.columns import InteractionColumns
+from engine.features._kernels import shard_groups, take
 from engine.features.aggregates import ViewProgram
 from engine.features.shard import ShardBatch
 from operators.aggregate import ShardInput
 from operators.validate import ValidatedBatch
-
-# Entity -> shard number memo per view; cleared when it grows past this (it is only a cache).
-_MEMO_LIMIT = 1_000_000
-
 
 def shard_of(entity: str, shards: int) -> int:
     """Shard number of ``entity`` (stable across processes and runs)."""
@@ -57,7 +55,6 @@ class Router:
         self.programs = list(programs)
         self.shards = shards
         self.catch_up_backlog = catch_up_backlog
-        self._memo: list[dict[str, int]] = [{} for _ in self.programs]
         self._keys = [[f"{p.view.name}#{s}" for s in range(shards)] for p in self.programs]
 
     def route(self, batch: ValidatedBatch) -> list[tuple[str, ShardInput]]:
@@ -68,45 +65,35 @@ class Router:
             return out
         source = (origins.topic, origins.partition)  # each partition holds the watermark separately
         behind = batch.backlog >= self.catch_up_backlog
-        for program, memo, keys in zip(self.programs, self._memo, self._keys):
+        for program, keys in zip(self.programs, self._keys):
             positions, entities = self._select(program, events)
-            if not positions:
+            if not entities:
                 continue
-            shard_nos = list(map(memo.get, entities))
-            if None in shard_nos:
-                if len(memo) >= _MEMO_LIMIT:
-                    memo.clear()
-                for i, s in enumerate(shard_nos):
-                    if s is None:
-                        e = entities[i]
-                        shard_nos[i] = memo[e] = shard_of(e, self.shards)
             name = program.view.name
-            chosen = events if len(positions) == len(events) else events.at(positions)
-            times = np.asarray(chosen.field("event_time"), np.int64)
+            # Events shard by shard (arrival order within each), as int64 positions.
+            order, groups = shard_groups(entities, self.shards)
+            index = np.frombuffer(order, np.int64)
+            chosen = events if positions is None else events.at(positions)
+            times = np.asarray(chosen.field("event_time"), np.int64)[index]
             inputs, texts = program.input_columns(chosen)
-            # Group by shard with one stable sort, then cut each column into slices.
-            codes = np.asarray(shard_nos, np.int64)
-            order = np.argsort(codes, kind="stable")
-            cuts = (np.flatnonzero(np.diff(codes[order])) + 1).tolist()
-            order_list = order.tolist()
-            sorted_entities = [entities[i] for i in order_list]
-            sorted_origins = origins.take([positions[i] for i in order_list])
-            sorted_texts = {j: [vals[i] for i in order_list] for j, vals in texts.items()}
-            times, inputs = times[order], inputs[order]
-            for lo, hi in zip([0, *cuts], [*cuts, len(order_list)]):
+            inputs = inputs[index]
+            sorted_entities = take(entities, order)
+            sorted_origins = origins.take(order if positions is None else np.asarray(positions, np.int64)[index])
+            sorted_texts = {j: take(vals, order) for j, vals in texts.items()}
+            for shard, lo, hi in groups:
                 shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
                                          sorted_origins.slice(lo, hi), {j: vals[lo:hi] for j, vals in sorted_texts.items()})
-                out.append((keys[shard_nos[order_list[lo]]], (name, shard_batch, behind)))
+                out.append((keys[shard], (name, shard_batch, behind)))
         return out
 
     @staticmethod
-    def _select(program: ViewProgram, events: InteractionColumns) -> tuple[list[int], list[str]]:
-        """Positions of the events the view takes, and their entities."""
+    def _select(program: ViewProgram, events: InteractionColumns) -> tuple[list[int] | None, list[str]]:
+        """Positions of the events the view takes (None: all of them), and their entities."""
         keys = program.entity_column(events)
         allowed = program.event_types
         if allowed is None:
             if None not in keys:
-                return list(range(len(keys))), keys  # type: ignore[return-value]
+                return None, keys  # type: ignore[return-value]
             pairs = [(i, e) for i, e in enumerate(keys) if e is not None]
         else:
             pairs = [(i, e) for i, (e, t) in enumerate(zip(keys, events.event_type)) if t in allowed and e is not None]

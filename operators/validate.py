@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
-from engine.events.dlq import DeadLetter
+import numpy as np
+
 from engine.events.columns import InteractionColumns
+from engine.events.dlq import DeadLetter
 from engine.events.validation import Invalid, validate_interaction, validate_interaction_batch
+from engine.features._kernels import take
 from engine.metrics import PipelineMetrics
 from operators.sources import RawBatch
 
@@ -41,11 +44,10 @@ class Origins:
         return Origins(self.topic, self.partition, self.offsets[start:stop], self.raws[start:stop],
                        self.headers[start:stop])
 
-    def take(self, positions: Sequence[int]) -> "Origins":
-        """The origins at ``positions``, in that order."""
-        offsets, raws, headers = self.offsets, self.raws, self.headers
-        return Origins(self.topic, self.partition, [offsets[i] for i in positions],
-                       [raws[i] for i in positions], [headers[i] for i in positions])
+    def take(self, order: bytes | np.ndarray) -> "Origins":
+        """The origins at ``order`` (a buffer of int64 positions), in that order."""
+        return Origins(self.topic, self.partition, take(self.offsets, order), take(self.raws, order),
+                       take(self.headers, order))
 
 
 @dataclass(slots=True)

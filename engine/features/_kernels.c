@@ -1,0 +1,162 @@
+/*
+ * engine.features._kernels: the column operations that route a batch of events to shards.
+ *
+ * shard_groups(entities, shards) -> (order, groups)
+ *     Each entity's shard is crc32(UTF-8 bytes) % shards, exactly zlib.crc32(e.encode()) %
+ *     shards. `order` (bytes holding int64 positions) lists the events shard by shard, in
+ *     arrival order within a shard (a stable counting sort); `groups` is a list of
+ *     (shard, start, stop) ranges of `order`, for the shards that got events, in shard order.
+ * take(values, order) -> list
+ *     [values[i] for i in order], with `order` any buffer of int64 positions.
+ *
+ * Why C: in Python these are a dict lookup per event (memoised hashes), an argsort and a list
+ * comprehension per column, ~0.3 us an event for the features pipeline's router.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+static uint32_t crc_table[256];
+
+static void init_crc_table(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* CRC-32 (ISO-HDLC), the one zlib.crc32 computes. */
+static uint32_t crc32_of(const unsigned char *s, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++)
+        c = crc_table[(c ^ s[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static PyObject *shard_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "shard_groups(entities: list[str], shards: int)");
+        return NULL;
+    }
+    PyObject *entities = args[0];
+    long shards = PyLong_AsLong(args[1]);
+    if (shards == -1 && PyErr_Occurred())
+        return NULL;
+    if (shards < 1) {
+        PyErr_SetString(PyExc_ValueError, "shards must be at least 1");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(entities);
+    uint32_t *shard_of = PyMem_Malloc((n ? n : 1) * sizeof *shard_of);
+    Py_ssize_t *starts = PyMem_Calloc(shards + 1, sizeof *starts);
+    PyObject *order = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    PyObject *groups = NULL, *result = NULL;
+    if (shard_of == NULL || starts == NULL || order == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entities, i);
+        if (!PyUnicode_Check(e)) {
+            PyErr_SetString(PyExc_TypeError, "entities must be str");
+            goto done;
+        }
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(e, &len);
+        if (utf8 == NULL)
+            goto done;
+        shard_of[i] = crc32_of((const unsigned char *)utf8, len) % (uint32_t)shards;
+        starts[shard_of[i] + 1]++;
+    }
+    for (long s = 0; s < shards; s++)
+        starts[s + 1] += starts[s];
+    groups = PyList_New(0);
+    if (groups == NULL)
+        goto done;
+    for (long s = 0; s < shards; s++) {
+        if (starts[s + 1] == starts[s])
+            continue;
+        PyObject *g = Py_BuildValue("(lnn)", s, starts[s], starts[s + 1]);
+        if (g == NULL || PyList_Append(groups, g) < 0) {
+            Py_XDECREF(g);
+            goto done;
+        }
+        Py_DECREF(g);
+    }
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(order);
+    for (Py_ssize_t i = 0; i < n; i++)  /* starts[s] becomes the next free slot of shard s */
+        out[starts[shard_of[i]]++] = (int64_t)i;
+    result = PyTuple_Pack(2, order, groups);
+done:
+    PyMem_Free(shard_of);
+    PyMem_Free(starts);
+    Py_XDECREF(order);
+    Py_XDECREF(groups);
+    return result;
+}
+
+static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(values, order)");
+        return NULL;
+    }
+    PyObject *values = PySequence_Fast(args[0], "values must be a sequence");
+    if (values == NULL)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(values);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (view.len % (Py_ssize_t)sizeof(int64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "order must hold int64 positions");
+        goto done;
+    }
+    Py_ssize_t n = view.len / (Py_ssize_t)sizeof(int64_t), size = PySequence_Fast_GET_SIZE(values);
+    const int64_t *positions = (const int64_t *)view.buf;
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t p = positions[i];
+        if (p < 0 || p >= size) {
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_IndexError, "take: position out of range");
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, Py_NewRef(items[p]));
+    }
+done:
+    PyBuffer_Release(&view);
+    Py_DECREF(values);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"shard_groups", (PyCFunction)(void (*)(void))shard_groups, METH_FASTCALL,
+     "shard_groups(entities, shards)\n--\n\n"
+     "(order, groups): positions of the events shard by shard (int64 bytes, stable), and\n"
+     "(shard, start, stop) ranges of order, with shard = zlib.crc32(entity.encode()) % shards."},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
+     "take(values, order)\n--\n\n[values[i] for i in order], order a buffer of int64 positions."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_kernels", "Column kernels of the features router.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    init_crc_table();
+    return PyModule_Create(&module_def);
+}

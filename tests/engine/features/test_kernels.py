@@ -1,0 +1,44 @@
+"""The router's compiled kernels against their one-line Python definitions."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+from engine.features._kernels import shard_groups, take
+
+
+def test_shard_groups_is_a_stable_sort_by_zlib_crc32() -> None:
+    rng = random.Random(3)
+    alphabet = "abcXYZ019_|%é漢\U0001f600"
+    for shards in (1, 2, 7, 8, 64):
+        entities = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(rng.randint(0, 500))]
+        order, groups = shard_groups(entities, shards)
+        shard = [zlib.crc32(e.encode()) % shards for e in entities]
+        expected = sorted(range(len(entities)), key=lambda i: shard[i])  # sorted() is stable
+        assert np.frombuffer(order, np.int64).tolist() == expected
+        counts = np.bincount(shard, minlength=shards) if entities else np.zeros(shards, int)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        assert groups == [(s, int(starts[s]), int(starts[s + 1])) for s in range(shards) if counts[s]]
+
+
+def test_shard_groups_refuses_what_it_cannot_hash() -> None:
+    with pytest.raises(TypeError):
+        shard_groups(["a", 1], 4)  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        shard_groups(["a"], 0)
+    with pytest.raises(UnicodeEncodeError):  # as str.encode() would
+        shard_groups(["\ud800"], 4)
+
+
+def test_take_reorders_any_sequence_by_int64_positions() -> None:
+    values = ["a", None, 3, b"x"]
+    assert take(values, np.array([3, 0, 0, 2], np.int64)) == [b"x", "a", "a", 3]
+    assert take(tuple(values), np.array([], np.int64).tobytes()) == []
+    with pytest.raises(IndexError):
+        take(values, np.array([4], np.int64))
+    with pytest.raises(ValueError):
+        take(values, b"abc")
