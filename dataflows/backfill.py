@@ -34,6 +34,7 @@ def run_backfill(
     """Run the features flow over files to completion in this process."""
     cfg = cfg.model_copy(deep=True)
     cfg.pipeline.idle_advance = False
+    cfg.pipeline.processes = 1  # this process alone: nothing to spread
     metrics = metrics or PipelineMetrics()
     ensure_topics(cfg.kafka.bootstrap or "", [backfill_dlq_topic(cfg)], partitions=1)
     source = FileBatchSource(paths, batch_size=cfg.kafka.consume_batch_size, metrics=metrics)

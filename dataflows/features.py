@@ -10,6 +10,7 @@ The same :func:`build_features_flow` runs over files for backfill (dataflows/bac
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Sequence
 
@@ -25,8 +26,9 @@ from engine.runtime.gc_tuning import tune_gc
 from operators.aggregate import AggregateSettings, FlushPacer, ShardLogic, ShardOutput
 from operators.route import Router
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
-from operators.sources import FileBatchSource, KafkaBatchSource
-from operators.validate import validate_batch
+from operators.balance import MeteredSource, ReadMeter, Spreader
+from operators.sources import FileBatchSource, KafkaBatchSource, RawBatch
+from operators.validate import ValidatedBatch, validate_batch
 
 LATE = "late"
 
@@ -50,6 +52,15 @@ def _late_letters(out: ShardOutput, metrics: PipelineMetrics | None) -> list[Dea
     ]
 
 
+def _pass_on(_state: None, batch: RawBatch) -> tuple[None, list[RawBatch]]:
+    # A keyed step keeps no state: it only moves each batch to its key's worker.
+    return None, [batch]
+
+
+def _value(keyed: tuple[str, RawBatch]) -> RawBatch:
+    return keyed[1]
+
+
 def _with_shard(keyed: tuple[str, ShardOutput]) -> ShardOutput:
     key, out = keyed
     out.shard = key
@@ -65,8 +76,12 @@ def build_features_flow(
     dlq_topic: str | None = None,
     clock: Callable[[], float] = time.time,
     run_id: str = "",
+    process_index: int = 0,
 ) -> Dataflow:
-    """Wire the features pipeline over any batch source (Kafka or files)."""
+    """Wire the features pipeline over any batch source (Kafka or files).
+
+    ``process_index``: this process's place among ``pipeline.processes`` (one worker each).
+    """
     if not cfg.kafka.bootstrap or not cfg.redis.url:
         raise ValueError("build_features_flow needs kafka.bootstrap and redis.url (start a LocalStack first)")
     p = cfg.pipeline
@@ -80,16 +95,30 @@ def build_features_flow(
     # One per process: its shards and its Redis sink share the CPU, and so the flush budget.
     pacer = FlushPacer(p.flush_interval_ms / 1000, p.flush_share)
     flow = Dataflow("rtml_features")
-    raw = op.input("events", flow, source)
-    # Partitions rarely split evenly over processes (3 over 2): spread the batches so every
-    # process validates and routes its share; aggregation is keyed and balanced anyway. One
-    # process has nothing to balance, and the step would cost it ~10%.
-    spread = op.redistribute("spread", raw) if p.processes > 1 else raw
-    checked = op.map("validate", spread, lambda b: validate_batch(b, max_future_ms=p.max_future_ms, metrics=metrics))
+
+    def validate(batch: RawBatch) -> ValidatedBatch:
+        return validate_batch(batch, max_future_ms=p.max_future_ms, metrics=metrics)
+
+    route = router.route
+    meter: ReadMeter | None = None
+    if p.processes > 1:
+        # Partitions rarely split evenly over processes (3 over 2): the process that reads
+        # more hands some of its batches' checking to the others (operators/balance.py);
+        # aggregation is keyed and balanced anyway.
+        meter = ReadMeter(p.processes, source.source_ids())
+        spreader = Spreader.for_process(meter, process_index)
+        keyed_raw = op.map("spread_key", op.input("events", flow, MeteredSource(source, meter)), spreader.key)
+        raw = op.map("spread_unkey", op.stateful_flat_map("spread", keyed_raw, _pass_on), _value)
+        validate = meter.timed_check(validate)
+        route = meter.timed_check(route, counts_events=False)
+    else:
+        raw = op.input("events", flow, source)
+    checked = op.map("validate", raw, validate)
     invalid = op.flat_map("invalid", checked, lambda v: v.dead)
-    routed = op.flat_map("route", checked, lambda v: router.route(v))
+    routed = op.flat_map("route", checked, route)
     keyed = op.stateful_batch(
-        "aggregate", routed, lambda resume: ShardLogic(programs, settings, resume, clock, pacer)
+        "aggregate", routed,
+        lambda resume: ShardLogic(programs, settings, resume, clock, pacer, meter.saw_folded if meter else None),
     )
     results = op.map("unkey", keyed, _with_shard)
     op.output("online", results, RedisFeatureSink(cfg.redis.url, views, cfg.redis.key_prefix, metrics, pacer))
@@ -110,6 +139,7 @@ def flow_from_env() -> Dataflow:
     metrics = PipelineMetrics()
     metrics.serve_for_process(cfg.metrics.port, cfg.metrics.enabled)
     source = KafkaBatchSource.from_config(cfg, [cfg.kafka.events_topic], metrics)
-    flow = build_features_flow(cfg, views_from_config(cfg), source, metrics=metrics)
+    flow = build_features_flow(cfg, views_from_config(cfg), source, metrics=metrics,
+                               process_index=int(os.environ.get("RTML_PROCESS_INDEX", "0")))
     tune_gc()
     return flow

@@ -99,8 +99,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         resume: dict[str, Any] | None,
         clock: Callable[[], float] = time.time,
         pacer: FlushPacer | None = None,
+        on_sources: Callable[[dict[Hashable, bool]], None] | None = None,
     ) -> None:
         self.clock = clock
+        # Told which source partitions each call's events came from, and whether read behind.
+        self._on_sources = on_sources
         self._pacer = pacer or FlushPacer(settings.flush_interval_ms / 1000)
         self._pacer.register_shard()
         self.settings = settings
@@ -184,6 +187,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         for _, events, batch_behind in values:
             late.extend(self.shard.ingest(events, now))
             behind = behind or batch_behind
+        if self._on_sources is not None:
+            self._on_sources({events.source: batch_behind for _, events, batch_behind in values})
         if behind:
             # Catching up while batches read behind keep coming (from any partition of the
             # shard), and for a short hold after: a shard that hears nothing more, or whose

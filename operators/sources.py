@@ -55,6 +55,11 @@ class RawBatch:
     headers: list[list[tuple[str, bytes]] | None]
     backlog: int = 0
 
+    @property
+    def source_id(self) -> tuple[str, int]:
+        """``(topic, partition)``: the partition the batch was read from."""
+        return (self.topic, self.partition)
+
     @classmethod
     def of(cls, topic: str, partition: int, messages: Sequence[RawMessage], backlog: int = 0) -> "RawBatch":
         """A batch from ``(offset, value, headers)`` messages."""

@@ -1,0 +1,235 @@
+"""Even out the input's checking over processes when its partitions split unevenly.
+
+Bytewax gives each source partition to one worker, so 3 partitions over 2 processes leave
+one process reading twice as much as the other. Reading a batch (librdkafka, the source)
+stays where the partition is; checking it (validation, routing) can run anywhere. The
+:class:`Spreader` of a process that reads more than its fair share sends just enough of its
+batches to the other processes that both spend the same time on input, and keeps the rest:
+sending a batch costs a pickle, and ``op.redistribute`` would send half of every process's
+batches, balanced or not.
+
+How much to send follows from what this process sees and measures of its own work:
+
+* it reads ``mine`` of the ``total`` partitions that have data, its fair share being
+  ``total / workers``. This process sees its own partitions at its source, and every
+  partition at its shards (each shard gets events of every partition). A partition has
+  data until it is seen caught up (its last batch read with no backlog) and then quiet
+  for a second; one not seen yet counts as having data. So when catching up on a backlog,
+  the process that reads fewer partitions runs out first, and from then on the busy one
+  sends more of its checking instead of the other idling; while a slow reader still has a
+  backlog, it is never mistaken for an idle one;
+* an event costs it ``read`` seconds to read (the source's thread time, plus librdkafka's
+  own threads, which fetch and decode in the background: about as much again) and
+  ``check`` to check;
+* it sends ``(mine - fair) / mine * (read + check) / check`` of its batches (at most all).
+
+With 2 processes, that equalises ``read + check`` across them: the reader of 2 partitions
+sends 40% of its batches when reading costs two thirds of checking.
+
+>>> meter = ReadMeter(workers=2, partitions=["p0", "p1", "p2"])
+>>> meter.saw_read({"p0": True, "p1": True}, now=0.0)  # both read with a backlog
+>>> meter.record_read(0.2, 1000); meter.record_check(0.3, 1000)
+>>> round(meter.share(now=0.5), 3)  # (2 - 3 / 2) / 2 * (0.2 + 0.3) / 0.3
+0.417
+>>> meter.saw_folded({"p2": False}, now=1.0)  # p2's reader caught up...
+>>> round(meter.share(now=1.5), 3)
+0.417
+>>> round(meter.share(now=2.5), 3)  # ...and nothing came since: (2 - 2 / 2) / 2 * 5 / 3
+0.833
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Sequence, TypeVar
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from engine.runtime.placement import keys_on
+
+X = TypeVar("X")
+S = TypeVar("S")
+Y = TypeVar("Y")
+
+# Older measurements fade: each new one weighs this much (the share follows cost changes).
+_DECAY = 0.98
+# How often the Kafka client's threads' CPU time is read (a few /proc reads each time).
+_CLIENT_SAMPLE_S = 0.5
+
+
+def client_threads_cpu() -> float | None:
+    """CPU seconds of this process's librdkafka threads (named ``rdk:*``); None off Linux."""
+    total = 0.0
+    try:
+        tasks = os.listdir("/proc/self/task")
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # the thread ended
+        name, _, rest = stat.partition(b"(")[2].rpartition(b")")
+        if name.startswith(b"rdk:"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+# A partition whose events were last seen this long ago has no data now.
+_ACTIVE_S = 1.0
+
+
+class ReadMeter:
+    """What one process reads and what its input costs it (shared by its source and steps)."""
+
+    def __init__(self, workers: int, partitions: Iterable[Hashable] = ()) -> None:
+        """``partitions``: every partition of the input (those not seen yet count as having data)."""
+        self.workers = workers
+        # Decayed sums of seconds and events, per kind of work.
+        self.read_s = self.read_n = self.check_s = self.check_n = 0.0
+        self._client_cpu: float | None = None
+        self._next_client_sample = 0.0
+        self._partitions = set(partitions)
+        # partition -> (when its events were last seen here, whether that batch was read behind)
+        self._seen: dict[Hashable, tuple[float, bool]] = {}
+        self._mine: set[Hashable] = set()
+
+    def saw_read(self, partitions: Mapping[Hashable, bool], now: float | None = None) -> None:
+        """This process's source just read ``{partition: with a backlog behind}``."""
+        self._mine.update(partitions)
+        self.saw_folded(partitions, now)
+
+    def saw_folded(self, partitions: Mapping[Hashable, bool], now: float | None = None) -> None:
+        """Events of ``{partition: read with a backlog}`` (read by any process) reached this process."""
+        now = time.monotonic() if now is None else now
+        for p, behind in partitions.items():
+            self._seen[p] = (now, behind)
+        self._partitions.update(partitions)
+
+    def _has_data(self, partition: Hashable, since: float) -> bool:
+        seen = self._seen.get(partition)
+        return seen is None or seen[0] >= since or seen[1]
+
+    def record_read(self, seconds: float, events: int) -> None:
+        self.read_s = self.read_s * _DECAY + seconds
+        self.read_n = self.read_n * _DECAY + events
+
+    def sample_client_threads(self, now: float) -> None:
+        """Count the Kafka client threads' CPU since the last sample as reading (now and then)."""
+        if now < self._next_client_sample:
+            return
+        self._next_client_sample = now + _CLIENT_SAMPLE_S
+        cpu = client_threads_cpu()
+        if cpu is not None and self._client_cpu is not None:
+            self.read_s += cpu - self._client_cpu
+        self._client_cpu = cpu
+
+    def record_check(self, seconds: float, events: int) -> None:
+        self.check_s = self.check_s * _DECAY + seconds
+        self.check_n = self.check_n * _DECAY + events
+
+    def share(self, now: float) -> float:
+        """The fraction of this process's batches to check elsewhere."""
+        since = now - _ACTIVE_S
+        mine = [p for p in self._mine if self._has_data(p, since)]
+        fair = sum(self._has_data(p, since) for p in self._partitions) / self.workers
+        if len(mine) <= fair or self.check_n <= 0.0 or self.read_n <= 0.0:
+            return 0.0
+        read, check = self.read_s / self.read_n, self.check_s / self.check_n
+        return min(1.0, (len(mine) - fair) / len(mine) * (read + check) / check)
+
+    def timed_check(self, step: Callable[[X], Y], *, counts_events: bool = True) -> Callable[[X], Y]:
+        """``step`` over a batch, its thread CPU time counted as checking.
+
+        Checking takes several steps; only one of them (``counts_events``) counts the
+        batch's events, so that the cost per event sums the steps.
+        """
+
+        def timed(batch: X) -> Y:
+            started = time.thread_time()
+            try:
+                return step(batch)
+            finally:
+                self.record_check(time.thread_time() - started, len(batch) if counts_events else 0)  # type: ignore[arg-type]
+
+        return timed
+
+
+class _MeteredPartition(StatefulSourcePartition[X, S], Generic[X, S]):
+    def __init__(self, inner: StatefulSourcePartition[X, S], meter: ReadMeter) -> None:
+        self.inner = inner
+        self.meter = meter
+
+    def next_batch(self) -> list[X]:
+        started = time.thread_time()
+        batches = self.inner.next_batch()
+        self.meter.record_read(time.thread_time() - started, sum(map(len, batches)))  # type: ignore[arg-type]
+        now = time.monotonic()
+        self.meter.sample_client_threads(now)
+        if batches:
+            self.meter.saw_read({b.source_id: b.backlog > 0 for b in batches}, now)  # type: ignore[attr-defined]
+        return batches
+
+    def next_awake(self) -> Any:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> S:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MeteredSource(FixedPartitionedSource[X, S], Generic[X, S]):
+    """A partitioned source whose partitions report to this process's :class:`ReadMeter`."""
+
+    def __init__(self, source: FixedPartitionedSource[X, S], meter: ReadMeter) -> None:
+        self.source = source
+        self.meter = meter
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> _MeteredPartition[X, S]:
+        return _MeteredPartition(self.source.build_part(step_id, for_part, resume_state), self.meter)
+
+    def source_ids(self) -> list[Any]:
+        """The wrapped source's partition ids (see KafkaBatchSource.source_ids)."""
+        return self.source.source_ids()  # type: ignore[attr-defined]
+
+
+class Spreader:
+    """Keys each batch for the worker that checks it: this one, or another for its share.
+
+    ``keys[w]`` is a state key that Bytewax routes to worker ``w``; a keyed pass-through step
+    after :meth:`key` moves the batch there.
+    """
+
+    def __init__(self, meter: ReadMeter, here: int, keys: Sequence[str]) -> None:
+        self.meter = meter
+        self.here = here
+        self.keys = list(keys)
+        self._others = [w for w in range(len(keys)) if w != here]
+        self._credit = 0.0
+        self._next = 0
+
+    @classmethod
+    def for_process(cls, meter: ReadMeter, here: int) -> "Spreader":
+        """The spreader of worker ``here``, its keys placed by :func:`keys_on`."""
+        names = {f"check{w}": w for w in range(meter.workers)}
+        placed = keys_on(names, meter.workers)
+        return cls(meter, here, [placed[f"check{w}"] for w in range(meter.workers)])
+
+    def key(self, batch: X) -> tuple[str, X]:
+        """``(key, batch)``: sends ``share()`` of the batches, spaced evenly, to the others."""
+        self._credit += self.meter.share(time.monotonic())
+        if self._credit >= 1.0 and self._others:
+            self._credit -= 1.0
+            target = self._others[self._next % len(self._others)]
+            self._next += 1
+            return self.keys[target], batch
+        return self.keys[self.here], batch
