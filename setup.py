@@ -10,6 +10,7 @@ setup(
     ext_modules=[
         Extension("engine.events._batch_check", ["engine/events/_batch_check.c"], extra_compile_args=["-O2"]),
         Extension("engine.features._kernels", ["engine/features/_kernels.c"], extra_compile_args=["-O2"]),
+        Extension("engine.runtime._routing", ["engine/runtime/_routing.c"], extra_compile_args=["-O2"]),
         Extension("engine.features._resp", ["engine/features/_resp.c"], extra_compile_args=["-O2"]),
     ]
 )

@@ -23,6 +23,7 @@ from engine.features.aggregates import ViewProgram
 from engine.features.spec import FeatureView, views_from_config
 from engine.metrics import PipelineMetrics
 from engine.runtime.gc_tuning import tune_gc
+from engine.runtime.placement import unsalted
 from operators.aggregate import AggregateSettings, FlushPacer, ShardLogic, ShardOutput
 from operators.route import Router
 from operators.sinks import DeadLetterSink, OfflineLogSink, RedisFeatureSink
@@ -63,7 +64,7 @@ def _value(keyed: tuple[str, RawBatch]) -> RawBatch:
 
 def _with_shard(keyed: tuple[str, ShardOutput]) -> ShardOutput:
     key, out = keyed
-    out.shard = key
+    out.shard = unsalted(key)  # the shard's name, without its placement salt
     return out
 
 

@@ -19,7 +19,7 @@ class ShardOutput:
     """What one call of a shard produced, for the sinks."""
 
     view: str
-    shard: str = ""  # the stateful key, set after the step
+    shard: str = ""  # the shard's name (its stateful key without the placement salt), set after the step
     running: list[RunningValues] = field(default_factory=list)
     closed: list[dict[str, Any]] = field(default_factory=list)
     late: list[Origin] = field(default_factory=list)

@@ -21,6 +21,7 @@ from engine.events.columns import InteractionColumns
 from engine.features._kernels import shard_groups, take
 from engine.features.aggregates import ViewProgram
 from engine.features.shard import ShardBatch
+from engine.runtime.placement import spread_keys
 from operators.aggregate import ShardInput
 from operators.validate import ValidatedBatch
 
@@ -29,9 +30,15 @@ def shard_of(entity: str, shards: int) -> int:
     return zlib.crc32(entity.encode()) % shards
 
 
+def shard_keys(view: str, shards: int) -> list[str]:
+    """Stateful keys of a view's shards, by number: ``view#n``, salted so that Bytewax
+    spreads them evenly over the job's workers (:func:`engine.runtime.placement.spread_keys`)."""
+    return spread_keys([f"{view}#{s}" for s in range(shards)])
+
+
 def shard_key(view: str, entity: str, shards: int) -> str:
     """Stateful key of the shard that owns ``entity`` of ``view``."""
-    return f"{view}#{shard_of(entity, shards)}"
+    return shard_keys(view, shards)[shard_of(entity, shards)]
 
 
 class Router:
@@ -48,14 +55,14 @@ class Router:
     ...                        Origins("events", 0, [7], [b"{}"], [None]))
     >>> [(key, view, b.entities, b.times.tolist(), b.refs[0]) for key, (view, b, _) in
     ...  Router([ViewProgram(view)], shards=4).route(batch)]
-    [('u#2', 'u', ['u1'], [1767225600000], ('events', 0, 7, b'{}', ()))]
+    [('u#2~1710', 'u', ['u1'], [1767225600000], ('events', 0, 7, b'{}', ()))]
     """
 
     def __init__(self, programs: Sequence[ViewProgram], shards: int, catch_up_backlog: int = 10_000) -> None:
         self.programs = list(programs)
         self.shards = shards
         self.catch_up_backlog = catch_up_backlog
-        self._keys = [[f"{p.view.name}#{s}" for s in range(shards)] for p in self.programs]
+        self._keys = [shard_keys(p.view.name, shards) for p in self.programs]
 
     def route(self, batch: ValidatedBatch) -> list[tuple[str, ShardInput]]:
         """One item per touched shard and view, events in arrival order."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import RtmlConfig, to_env
+from engine.runtime.placement import SPREAD_MODULUS
 from engine.runtime.ports import free_port
 from engine.runtime.supervisor import ProcessSpec
 
@@ -27,6 +28,13 @@ JOBS = ("features", "learning", "drift")
 LAYOUT_FILE = "rtml-layout.json"
 
 
+def features_layout(cfg: RtmlConfig) -> dict[str, Any]:
+    """What the features job's state keys depend on: the shards per view, and how shard keys
+    are placed (``spread-840``: operators/route.py, engine/runtime/placement.py). Not the
+    number of processes: the keys split evenly over any of 1 to 8, so a job may rescale."""
+    return {"shards_per_view": cfg.pipeline.shards_per_view, "shard_keys": f"spread-{SPREAD_MODULUS}"}
+
+
 def init_recovery(directory: str | Path, partitions: int, layout: dict[str, Any] | None = None) -> None:
     """Create Bytewax recovery partitions unless the directory already holds them.
 
@@ -37,8 +45,8 @@ def init_recovery(directory: str | Path, partitions: int, layout: dict[str, Any]
     path = Path(directory)
     record = path / LAYOUT_FILE
     if path.exists() and any(path.glob("part-*.sqlite3")):
-        if layout is not None and record.exists():
-            before = json.loads(record.read_text())
+        if layout is not None:
+            before = json.loads(record.read_text()) if record.exists() else "no recorded layout (an older rtml)"
             if before != layout:
                 raise RuntimeError(
                     f"the recovery state in {path} was written with {before}, not {layout}: restore those "
@@ -81,9 +89,11 @@ def dataflow_specs(
     """Process specs for one dataflow job, with recovery when configured.
 
     Defaults follow ``pipeline`` (processes, recovery, ``<recovery_dir>/<name>``).
-    ``layout``: see :func:`init_recovery`.
+    ``layout``: see :func:`init_recovery`; the features flow's by default.
     """
     p = cfg.pipeline
+    if layout is None and flow == FEATURES_FLOW:
+        layout = features_layout(cfg)
     n = p.processes if processes is None else processes
     base = [sys.executable, "-m", "bytewax.run", flow]
     if (p.recovery if recovery is None else recovery) and (recovery_dir or p.recovery_dir):

@@ -6,7 +6,12 @@ N processes: tests/engine/runtime/test_placement.py checks this across real proc
 has no API to ask which. :func:`key_owners` asks Bytewax itself: it runs a tiny dataflow in
 this process with that many worker threads and records where each key's state lives.
 
-A job uses it to give roles to processes, e.g. the learning job keeps every join shard on
+:func:`spread_keys` needs no probe: Bytewax routes a key to worker ``route_hash(key) %
+workers`` (:mod:`engine.runtime._routing` computes that hash, and the tests check it against
+Bytewax), so it can pick keys that split evenly over any worker count. The features job
+names its shards with it: by Bytewax's own hash, 8 shards fall 6 to 2 over 2 workers.
+
+A job uses the probe to give roles to processes, e.g. the learning job keeps every join shard on
 process 0 (with the input) and gives each learner a process of its own, so a learner's core
 spends its time in the model: :func:`keys_on` salts a name (``name``, ``name~1``, ...) until
 Bytewax routes it to the wanted worker. The keys depend only on the names and the worker
@@ -19,10 +24,14 @@ import threading
 from functools import lru_cache
 from typing import Mapping, Sequence
 
-__all__ = ["key_owners", "keys_on", "unsalted"]
+from engine.runtime._routing import route_hash
+
+__all__ = ["key_owners", "keys_on", "spread_keys", "unsalted"]
 
 _SALTS = 64  # candidates per name: (1 - 1/workers) ** 64 is the chance that none lands
 _SALT_MARK = "~"
+# lcm(1..8): spread keys split evenly over 1 to 8 workers (and 10, 12, 14, 15, 20, 21, ...).
+SPREAD_MODULUS = 840
 
 
 def unsalted(key: str) -> str:
@@ -68,6 +77,31 @@ def keys_on(wanted: Mapping[str, int], workers: int) -> dict[str, str]:
             raise RuntimeError(f"no key for {name!r} lands on worker {target} of {workers}")
         chosen[name] = key
     return chosen
+
+
+def spread_keys(names: Sequence[str]) -> list[str]:
+    """A state key for each name, the ``i``-th owned by worker ``i % workers`` for any
+    number of workers that divides :data:`SPREAD_MODULUS`.
+
+    The keys depend only on the names and their order, never on the worker count, so state
+    keyed by them survives rescaling a job.
+
+    >>> keys = spread_keys(["s0", "s1", "s2", "s3"])
+    >>> [key_owners(keys, 2)[k] for k in keys], [unsalted(k) for k in keys]
+    ([0, 1, 0, 1], ['s0', 's1', 's2', 's3'])
+    """
+    if any(_SALT_MARK in name for name in names):
+        raise ValueError(f"names must not contain {_SALT_MARK!r}")
+    return [_spread_key(name, i % SPREAD_MODULUS) for i, name in enumerate(names)]
+
+
+@lru_cache(maxsize=4096)
+def _spread_key(name: str, residue: int) -> str:
+    for k in range(SPREAD_MODULUS * 300):  # a miss is (1 - 1/840) ** 252000: never
+        key = f"{name}{_SALT_MARK}{k}" if k else name
+        if route_hash(key) % SPREAD_MODULUS == residue:
+            return key
+    raise RuntimeError(f"no key for {name!r} has residue {residue}")
 
 
 @lru_cache(maxsize=32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,21 @@ def test_the_learning_job_runs_as_many_processes_as_configured(tmp_path: Path) -
     specs = job_specs(cfg, "learning")
     assert [s.env["RTML_PROCESS_INDEX"] for s in specs] == ["0", "1", "2"]  # type: ignore[index]
     assert all("-a" in s.argv for s in specs)
+
+
+def test_features_recovery_records_its_layout_and_refuses_older_state(tmp_path: Path) -> None:
+    from engine.runtime.jobs import dataflow_specs, features_layout
+
+    cfg = load_config(env={}, overrides={"pipeline": {"recovery": True, "recovery_dir": str(tmp_path), "processes": 2}})
+    dataflow_specs(cfg)
+    assert json.loads((tmp_path / "features" / LAYOUT_FILE).read_text()) == features_layout(cfg)
+    rescaled = cfg.model_copy(deep=True)
+    rescaled.pipeline.processes = 3
+    dataflow_specs(rescaled)  # shard keys do not depend on the process count: state carries over
+    resharded = cfg.model_copy(deep=True)
+    resharded.pipeline.shards_per_view = 16
+    with pytest.raises(RuntimeError, match="shards_per_view"):
+        dataflow_specs(resharded)
+    (tmp_path / "features" / LAYOUT_FILE).unlink()  # state from before layouts were recorded
+    with pytest.raises(RuntimeError, match="older rtml"):
+        dataflow_specs(cfg)

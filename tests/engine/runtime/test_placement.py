@@ -32,3 +32,24 @@ def test_one_worker_keeps_the_names() -> None:
     assert keys_on({"a": 0, "b": 0}, 1) == {"a": "a", "b": "b"}
     with pytest.raises(ValueError):
         keys_on({"a": 1}, 1)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_route_hash_is_how_bytewax_routes(workers: int) -> None:
+    from engine.runtime._routing import route_hash
+
+    keys = ["", "a", "user#0", "user#7~123", "é漢" * 40, "x" * 300] + [f"k{i}~{i * 7}" for i in range(60)]
+    owners = key_owners(keys, workers)
+    assert all(owners[key] == route_hash(key) % workers for key in keys)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 8])
+def test_spread_keys_split_evenly_for_any_worker_count(workers: int) -> None:
+    from engine.runtime.placement import spread_keys, unsalted
+
+    names = [f"user#{s}" for s in range(8)]
+    keys = spread_keys(names)
+    assert [unsalted(k) for k in keys] == names
+    owners = key_owners(keys, workers)
+    assert [owners[k] for k in keys] == [i % workers for i in range(8)]
+    assert spread_keys(names) == keys  # the same keys for any worker count, on every restart
