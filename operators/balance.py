@@ -18,9 +18,9 @@ How much to send follows from what this process sees and measures of its own wor
   the process that reads fewer partitions runs out first, and from then on the busy one
   sends more of its checking instead of the other idling; while a slow reader still has a
   backlog, it is never mistaken for an idle one;
-* an event costs it ``read`` seconds to read (the source's thread time, plus librdkafka's
-  own threads, which fetch and decode in the background: about as much again) and
-  ``check`` to check;
+* an event costs its worker thread ``read`` seconds to read and ``check`` to check. The
+  worker thread is what to balance: it holds the GIL, while librdkafka's own threads fetch
+  and decode beside it (and run far ahead of it when catching up);
 * it sends ``(mine - fair) / mine * (read + check) / check`` of its batches (at most all).
 
 With 2 processes, that equalises ``read + check`` across them: the reader of 2 partitions
@@ -40,7 +40,6 @@ sends 40% of its batches when reading costs two thirds of checking.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Generic, Hashable, Iterable, Mapping, Sequence, TypeVar
 
@@ -54,31 +53,6 @@ Y = TypeVar("Y")
 
 # Older measurements fade: each new one weighs this much (the share follows cost changes).
 _DECAY = 0.98
-# How often the Kafka client's threads' CPU time is read (a few /proc reads each time).
-_CLIENT_SAMPLE_S = 0.5
-
-
-def client_threads_cpu() -> float | None:
-    """CPU seconds of this process's librdkafka threads (named ``rdk:*``); None off Linux."""
-    total = 0.0
-    try:
-        tasks = os.listdir("/proc/self/task")
-        ticks = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue  # the thread ended
-        name, _, rest = stat.partition(b"(")[2].rpartition(b")")
-        if name.startswith(b"rdk:"):
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
-
-
 # A partition whose events were last seen this long ago has no data now.
 _ACTIVE_S = 1.0
 
@@ -91,8 +65,6 @@ class ReadMeter:
         self.workers = workers
         # Decayed sums of seconds and events, per kind of work.
         self.read_s = self.read_n = self.check_s = self.check_n = 0.0
-        self._client_cpu: float | None = None
-        self._next_client_sample = 0.0
         self._partitions = set(partitions)
         # partition -> (when its events were last seen here, whether that batch was read behind)
         self._seen: dict[Hashable, tuple[float, bool]] = {}
@@ -117,16 +89,6 @@ class ReadMeter:
     def record_read(self, seconds: float, events: int) -> None:
         self.read_s = self.read_s * _DECAY + seconds
         self.read_n = self.read_n * _DECAY + events
-
-    def sample_client_threads(self, now: float) -> None:
-        """Count the Kafka client threads' CPU since the last sample as reading (now and then)."""
-        if now < self._next_client_sample:
-            return
-        self._next_client_sample = now + _CLIENT_SAMPLE_S
-        cpu = client_threads_cpu()
-        if cpu is not None and self._client_cpu is not None:
-            self.read_s += cpu - self._client_cpu
-        self._client_cpu = cpu
 
     def record_check(self, seconds: float, events: int) -> None:
         self.check_s = self.check_s * _DECAY + seconds
@@ -168,10 +130,8 @@ class _MeteredPartition(StatefulSourcePartition[X, S], Generic[X, S]):
         started = time.thread_time()
         batches = self.inner.next_batch()
         self.meter.record_read(time.thread_time() - started, sum(map(len, batches)))  # type: ignore[arg-type]
-        now = time.monotonic()
-        self.meter.sample_client_threads(now)
         if batches:
-            self.meter.saw_read({b.source_id: b.backlog > 0 for b in batches}, now)  # type: ignore[attr-defined]
+            self.meter.saw_read({b.source_id: b.backlog > 0 for b in batches})  # type: ignore[attr-defined]
         return batches
 
     def next_awake(self) -> Any:

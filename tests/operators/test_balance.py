@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from operators.balance import MeteredSource, ReadMeter, Spreader, client_threads_cpu
+from operators.balance import MeteredSource, ReadMeter, Spreader
 from operators.sources import FileBatchSource
 
 
@@ -76,14 +76,3 @@ def test_metered_source_counts_reads_and_partitions(tmp_path) -> None:
             sizes += [len(b) for b in part.next_batch()]
     assert sizes == [4, 4, 2] and meter.read_n == pytest.approx(4 * 0.98**2 + 4 * 0.98 + 2)
     assert part.snapshot() == 10
-
-
-def test_client_threads_cpu_reads_the_kafka_client_threads() -> None:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "g"})  # threads start at once
-    try:
-        cpu = client_threads_cpu()
-        assert cpu is not None and cpu >= 0.0  # Linux: /proc/self/task names them rdk:*
-    finally:
-        consumer.close()
