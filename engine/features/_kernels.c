@@ -8,6 +8,9 @@
  *     (shard, start, stop) ranges of `order`, for the shards that got events, in shard order.
  * take(values, order) -> list
  *     [values[i] for i in order], with `order` any buffer of int64 positions.
+ * pack_bytes(values) -> (blob, ends)
+ *     b"".join(values), and where each value ends in it (bytes holding int64 offsets): a
+ *     batch's raw messages pickle as two buffers instead of an object each.
  *
  * Why C: in Python these are a dict lookup per event (memoised hashes), an argsort and a list
  * comprehension per column, ~0.3 us an event for the features pipeline's router.
@@ -15,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static uint32_t crc_table[256];
 
@@ -141,6 +145,42 @@ done:
     return out;
 }
 
+static PyObject *pack_bytes(PyObject *module, PyObject *values_arg)
+{
+    PyObject *values = PySequence_Fast(values_arg, "values must be a sequence");
+    if (values == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(values), total = 0;
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    PyObject *blob = NULL, *ends = NULL, *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_Check(items[i])) {
+            PyErr_SetString(PyExc_TypeError, "values must be bytes");
+            goto done;
+        }
+        total += PyBytes_GET_SIZE(items[i]);
+    }
+    blob = PyBytes_FromStringAndSize(NULL, total);
+    ends = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (blob == NULL || ends == NULL)
+        goto done;
+    char *out = PyBytes_AS_STRING(blob);
+    int64_t *end = (int64_t *)PyBytes_AS_STRING(ends);
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len = PyBytes_GET_SIZE(items[i]);
+        memcpy(out + at, PyBytes_AS_STRING(items[i]), len);
+        at += len;
+        end[i] = at;
+    }
+    result = PyTuple_Pack(2, blob, ends);
+done:
+    Py_XDECREF(blob);
+    Py_XDECREF(ends);
+    Py_DECREF(values);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"shard_groups", (PyCFunction)(void (*)(void))shard_groups, METH_FASTCALL,
      "shard_groups(entities, shards)\n--\n\n"
@@ -148,6 +188,8 @@ static PyMethodDef methods[] = {
      "(shard, start, stop) ranges of order, with shard = zlib.crc32(entity.encode()) % shards."},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
      "take(values, order)\n--\n\n[values[i] for i in order], order a buffer of int64 positions."},
+    {"pack_bytes", pack_bytes, METH_O,
+     "pack_bytes(values)\n--\n\n(b''.join(values), the int64 end offset of each value as bytes)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -42,3 +42,14 @@ def test_take_reorders_any_sequence_by_int64_positions() -> None:
         take(values, np.array([4], np.int64))
     with pytest.raises(ValueError):
         take(values, b"abc")
+
+
+def test_pack_bytes_joins_and_marks_each_end() -> None:
+    from engine.features._kernels import pack_bytes
+
+    values = [b"ab", b"", b"\x00c", b"d" * 1000]
+    blob, ends = pack_bytes(values)
+    assert blob == b"".join(values) and np.frombuffer(ends, np.int64).tolist() == [2, 2, 4, 1004]
+    assert pack_bytes([]) == (b"", b"")
+    with pytest.raises(TypeError):
+        pack_bytes([b"a", "b"])  # type: ignore[list-item]
