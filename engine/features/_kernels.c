@@ -8,6 +8,10 @@
  *     (shard, start, stop) ranges of `order`, for the shards that got events, in shard order.
  * take(values, order) -> list
  *     [values[i] for i in order], with `order` any buffer of int64 positions.
+ * rows_of(entities, index, names) -> bytes
+ *     Each entity's row number (int64): index[entity], or for an entity not seen before the
+ *     next free row, recorded in index and appended to names. A shard keeps its entities'
+ *     state in numbered rows.
  * pack_bytes(values) -> (blob, ends)
  *     b"".join(values), and where each value ends in it (bytes holding int64 offsets): a
  *     batch's raw messages pickle as two buffers instead of an object each.
@@ -181,6 +185,45 @@ done:
     return result;
 }
 
+static PyObject *rows_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "rows_of(entities: list, index: dict, names: list)");
+        return NULL;
+    }
+    PyObject *entities = args[0], *index = args[1], *names = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(entities);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL)
+        return NULL;
+    int64_t *rows = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entities, i);
+        PyObject *row = PyDict_GetItemWithError(index, e);
+        if (row != NULL) {
+            rows[i] = PyLong_AsLongLong(row);
+            if (rows[i] == -1 && PyErr_Occurred())
+                goto error;
+            continue;
+        }
+        if (PyErr_Occurred())
+            goto error;
+        Py_ssize_t next = PyList_GET_SIZE(names);
+        PyObject *number = PyLong_FromSsize_t(next);
+        if (number == NULL)
+            goto error;
+        int failed = PyDict_SetItem(index, e, number) < 0 || PyList_Append(names, e) < 0;
+        Py_DECREF(number);
+        if (failed)
+            goto error;
+        rows[i] = next;
+    }
+    return out;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"shard_groups", (PyCFunction)(void (*)(void))shard_groups, METH_FASTCALL,
      "shard_groups(entities, shards)\n--\n\n"
@@ -188,6 +231,8 @@ static PyMethodDef methods[] = {
      "(shard, start, stop) ranges of order, with shard = zlib.crc32(entity.encode()) % shards."},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
      "take(values, order)\n--\n\n[values[i] for i in order], order a buffer of int64 positions."},
+    {"rows_of", (PyCFunction)(void (*)(void))rows_of, METH_FASTCALL,
+     "rows_of(entities, index, names)\n--\n\nRow numbers (int64 bytes) of entities, numbering new ones as they come."},
     {"pack_bytes", pack_bytes, METH_O,
      "pack_bytes(values)\n--\n\n(b''.join(values), the int64 end offset of each value as bytes)."},
     {NULL, NULL, 0, NULL},

@@ -61,6 +61,7 @@ from typing import Any, Hashable, Iterable, Sequence
 import datasketches
 import numpy as np
 
+from engine.features._kernels import rows_of
 from engine.features.aggregates import COUNT, HLL, HLL_LG_K, LAST, LAST_STR, MAX, MIN, NUM, SUM, EventRows, ViewProgram
 from engine.features.spec import Window
 from engine.watermark import SourceWatermark
@@ -249,21 +250,10 @@ class ShardAggregator:
         self._capacity = capacity
 
     def _rows_of(self, entities: list[str]) -> np.ndarray:
-        index = self._row
-        rows = list(map(index.get, entities))
-        if None in rows:
-            names = self._names
-            for i, r in enumerate(rows):
-                if r is None:
-                    e = entities[i]
-                    r = index.get(e)
-                    if r is None:
-                        r = index[e] = len(names)
-                        names.append(e)
-                    rows[i] = r
-            if len(names) > self._capacity:
-                self._grow(max(len(names), 2 * self._capacity))
-        return np.asarray(rows, np.int64)
+        rows = np.frombuffer(rows_of(entities, self._row, self._names), np.int64)  # numbers new entities
+        if len(self._names) > self._capacity:
+            self._grow(max(len(self._names), 2 * self._capacity))
+        return rows
 
     # -- time -------------------------------------------------------------------
     @property

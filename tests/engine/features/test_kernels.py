@@ -53,3 +53,16 @@ def test_pack_bytes_joins_and_marks_each_end() -> None:
     assert pack_bytes([]) == (b"", b"")
     with pytest.raises(TypeError):
         pack_bytes([b"a", "b"])  # type: ignore[list-item]
+
+
+def test_rows_of_numbers_new_entities_in_order_of_arrival() -> None:
+    from engine.features._kernels import rows_of
+
+    index: dict[str, int] = {"a": 0}
+    names = ["a"]
+    rows = rows_of(["b", "a", "c", "b"], index, names)
+    assert np.frombuffer(rows, np.int64).tolist() == [1, 0, 2, 1]
+    assert index == {"a": 0, "b": 1, "c": 2} and names == ["a", "b", "c"]
+    assert rows_of([], index, names) == b""
+    with pytest.raises(TypeError):
+        rows_of(("a",), index, names)  # type: ignore[arg-type]
