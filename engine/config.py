@@ -70,7 +70,7 @@ class PipelineConfig(_Section):
     # A batch read with this many messages still waiting in its partition is catch-up: writes
     # of running features are then spaced so that they take at most flush_share of the CPU.
     catch_up_backlog: int = Field(10_000, ge=1)
-    flush_share: float = Field(0.1, gt=0, le=1)
+    flush_share: float = Field(0.05, gt=0, le=1)
     offline_dir: str | None = None  # None: <data_dir>/offline
     recovery: bool = True  # Bytewax snapshots: restart resumes state and offsets
     recovery_dir: str | None = None  # None: <data_dir>/recovery
