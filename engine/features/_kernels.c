@@ -12,6 +12,13 @@
  *     Each entity's row number (int64): index[entity], or for an entity not seen before the
  *     next free row, recorded in index and appended to names. A shard keeps its entities'
  *     state in numbered rows.
+ * numbers_of(values) -> bytes
+ *     Each value as a float64 (bytes): ints and floats that are finite, NaN for anything else
+ *     (None, bool, text, inf). The numeric input of a measure.
+ * context_numbers(contexts, key) -> bytes
+ *     numbers_of([c.get(key) for c in contexts]) without the list.
+ * codes_of(values, index) -> bytes
+ *     index[v] (an int) of each value as int64 (bytes); a KeyError for a value not in it.
  * pack_bytes(values) -> (blob, ends)
  *     b"".join(values), and where each value ends in it (bytes holding int64 offsets): a
  *     batch's raw messages pickle as two buffers instead of an object each.
@@ -21,6 +28,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -224,6 +232,100 @@ error:
     return NULL;
 }
 
+/* A measure's numeric input: finite int or float, else NaN (bools are not numbers). */
+static double number_or_nan(PyObject *v)
+{
+    double x;
+    if (PyFloat_CheckExact(v))
+        x = PyFloat_AS_DOUBLE(v);
+    else if (PyLong_CheckExact(v)) {
+        x = PyLong_AsDouble(v);
+        if (x == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear(); /* too large for a float: not a usable number */
+            return Py_NAN;
+        }
+    } else
+        return Py_NAN;
+    return isfinite(x) ? x : Py_NAN;
+}
+
+static PyObject *numbers_of(PyObject *module, PyObject *values_arg)
+{
+    PyObject *values = PySequence_Fast(values_arg, "values must be a sequence");
+    if (values == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(values);
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+    if (out != NULL) {
+        double *x = (double *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++)
+            x[i] = number_or_nan(items[i]);
+    }
+    Py_DECREF(values);
+    return out;
+}
+
+static PyObject *context_numbers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "context_numbers(contexts: list, key)");
+        return NULL;
+    }
+    PyObject *contexts = args[0], *key = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(contexts);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+    if (out == NULL)
+        return NULL;
+    double *x = (double *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(contexts, i), *v = NULL;
+        if (PyDict_Check(c)) {
+            v = PyDict_GetItemWithError(c, key);
+            if (v == NULL && PyErr_Occurred()) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        x[i] = v == NULL ? Py_NAN : number_or_nan(v);
+    }
+    return out;
+}
+
+static PyObject *codes_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "codes_of(values, index: dict)");
+        return NULL;
+    }
+    PyObject *values = PySequence_Fast(args[0], "values must be a sequence");
+    if (values == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(values);
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL)
+        goto done;
+    int64_t *codes = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *code = PyDict_GetItemWithError(args[1], items[i]);
+        if (code == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, items[i]);
+            Py_CLEAR(out);
+            goto done;
+        }
+        codes[i] = PyLong_AsLongLong(code);
+        if (codes[i] == -1 && PyErr_Occurred()) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+done:
+    Py_DECREF(values);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"shard_groups", (PyCFunction)(void (*)(void))shard_groups, METH_FASTCALL,
      "shard_groups(entities, shards)\n--\n\n"
@@ -233,6 +335,12 @@ static PyMethodDef methods[] = {
      "take(values, order)\n--\n\n[values[i] for i in order], order a buffer of int64 positions."},
     {"rows_of", (PyCFunction)(void (*)(void))rows_of, METH_FASTCALL,
      "rows_of(entities, index, names)\n--\n\nRow numbers (int64 bytes) of entities, numbering new ones as they come."},
+    {"numbers_of", numbers_of, METH_O,
+     "numbers_of(values)\n--\n\nfloat64 bytes: each finite int or float, NaN for anything else."},
+    {"context_numbers", (PyCFunction)(void (*)(void))context_numbers, METH_FASTCALL,
+     "context_numbers(contexts, key)\n--\n\nnumbers_of([c.get(key) for c in contexts])."},
+    {"codes_of", (PyCFunction)(void (*)(void))codes_of, METH_FASTCALL,
+     "codes_of(values, index)\n--\n\nint64 bytes: index[v] for each value."},
     {"pack_bytes", pack_bytes, METH_O,
      "pack_bytes(values)\n--\n\n(b''.join(values), the int64 end offset of each value as bytes)."},
     {NULL, NULL, 0, NULL},

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from engine.features._kernels import codes_of, context_numbers, numbers_of
 from engine.features.keys import composite_key
 from engine.features.spec import Agg, Feature, FeatureView
 
@@ -65,7 +66,6 @@ def field_getter(path: str) -> Getter:
 
 # Types a ``where`` value is compared as (anything else never matches, as in the row path).
 _HASHABLE = frozenset({str, int, float, bool, type(None)})
-_NUMERIC_OR_NONE = frozenset({int, float, type(None)})
 
 
 def _none_for_nan(values: np.ndarray | list[Any]) -> list[Any]:
@@ -219,14 +219,10 @@ class ViewProgram:
         def numeric(path: str) -> np.ndarray:
             got = numbers.get(path)
             if got is None:
-                values = column(path)
-                if set(map(type, values)) <= _NUMERIC_OR_NONE:
-                    got = np.array(values, np.float64)  # None becomes NaN
-                else:
-                    got = np.fromiter((v if (v.__class__ is float or v.__class__ is int) else np.nan for v in values),
-                                      np.float64, count=n)
-                got[~np.isfinite(got)] = np.nan
-                numbers[path] = got
+                # NaN for anything but a finite int or float (engine/features/_kernels.c).
+                got = numbers[path] = (np.frombuffer(context_numbers(events.field("context"), path[8:]), np.float64)
+                                       if path.startswith("context.") and path not in columns
+                                       else np.frombuffer(numbers_of(column(path)), np.float64))
             return got
 
         def coded(path: str) -> tuple[np.ndarray, dict[Any, int]] | None:
@@ -238,7 +234,7 @@ class ViewProgram:
                 except TypeError:
                     codes[path] = None
                 else:
-                    codes[path] = (np.fromiter(map(index.__getitem__, values), np.int64, count=n), index)
+                    codes[path] = (np.frombuffer(codes_of(values, index), np.int64), index)
             return codes[path]
 
         def matches(name: str, allowed: frozenset[Any]) -> np.ndarray:

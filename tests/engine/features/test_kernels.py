@@ -66,3 +66,23 @@ def test_rows_of_numbers_new_entities_in_order_of_arrival() -> None:
     assert rows_of([], index, names) == b""
     with pytest.raises(TypeError):
         rows_of(("a",), index, names)  # type: ignore[arg-type]
+
+
+def test_numbers_are_finite_ints_and_floats_and_nan_for_anything_else() -> None:
+    from engine.features._kernels import context_numbers, numbers_of
+
+    values = [1, 2.5, None, True, "3", float("inf"), float("nan"), -0.0, 2**70, 10**400, [1]]
+    expected = [1.0, 2.5, np.nan, np.nan, np.nan, np.nan, np.nan, -0.0, float(2**70), np.nan, np.nan]
+    np.testing.assert_array_equal(np.frombuffer(numbers_of(values), np.float64), expected)
+    contexts = [{"x": v} for v in values] + [{}, {"y": 1}]
+    np.testing.assert_array_equal(np.frombuffer(context_numbers(contexts, "x"), np.float64),
+                                  expected + [np.nan, np.nan])
+
+
+def test_codes_of_reads_each_value_in_the_index() -> None:
+    from engine.features._kernels import codes_of
+
+    index = {"click": 0, "view": 1, None: 2}
+    assert np.frombuffer(codes_of(["view", None, "click"], index), np.int64).tolist() == [1, 2, 0]
+    with pytest.raises(KeyError):
+        codes_of(["nope"], index)
