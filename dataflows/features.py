@@ -87,10 +87,10 @@ def build_features_flow(
         raise ValueError("build_features_flow needs kafka.bootstrap and redis.url (start a LocalStack first)")
     p = cfg.pipeline
     programs = {v.name: ViewProgram(v) for v in views}
-    router = Router(list(programs.values()), p.shards_per_view, p.catch_up_backlog)
+    router = Router(list(programs.values()), p.shards_per_view)
     settings = AggregateSettings(
         p.out_of_orderness_ms, p.allowed_lateness_ms, p.idle_advance, p.flush_interval_ms, p.source_idle_ms,
-        sources=tuple(source.source_ids()),
+        sources=tuple(source.source_ids()), catch_up_backlog=p.catch_up_backlog,
     )
 
     # One per process: its shards and its Redis sink share the CPU, and so the flush budget.

@@ -37,6 +37,8 @@ class AggregateSettings:
     flush_interval_ms: int
     source_idle_ms: int = 10_000
     sources: tuple[Hashable, ...] = ()  # every input partition, as (topic, partition)
+    # A batch read with at least this many messages still waiting in its partition is catch-up.
+    catch_up_backlog: int = 10_000
 
 
 # How long a shard stays in catch-up spacing after the last batch read behind.
@@ -80,9 +82,9 @@ class FlushPacer:
         return max(self.min_gap_s, cost * max(1, self._shards) / self.share)
 
 
-# A routed item: the view's name, its events for one shard, and whether the batch was read
-# while catching up on a backlog.
-ShardInput = tuple[str, ShardBatch, bool]
+# A routed item: the view's name, its events for one shard, and how many messages were still
+# waiting in their partition when the batch was read (its backlog).
+ShardInput = tuple[str, ShardBatch, int]
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
@@ -99,10 +101,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         resume: dict[str, Any] | None,
         clock: Callable[[], float] = time.time,
         pacer: FlushPacer | None = None,
-        on_sources: Callable[[dict[Hashable, bool]], None] | None = None,
+        on_sources: Callable[[dict[Hashable, int]], None] | None = None,
     ) -> None:
         self.clock = clock
-        # Told which source partitions each call's events came from, and whether read behind.
+        # Told which source partitions each call's events came from, and their backlogs.
         self._on_sources = on_sources
         self._pacer = pacer or FlushPacer(settings.flush_interval_ms / 1000)
         self._pacer.register_shard()
@@ -184,11 +186,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         before = self.shard.accepted
         late: list[Origin] = []
         behind = False
-        for _, events, batch_behind in values:
+        for _, events, backlog in values:
             late.extend(self.shard.ingest(events, now))
-            behind = behind or batch_behind
+            behind = behind or backlog >= self.settings.catch_up_backlog
         if self._on_sources is not None:
-            self._on_sources({events.source: batch_behind for _, events, batch_behind in values})
+            self._on_sources({events.source: backlog for _, events, backlog in values})
         if behind:
             # Catching up while batches read behind keep coming (from any partition of the
             # shard), and for a short hold after: a shard that hears nothing more, or whose

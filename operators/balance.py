@@ -10,30 +10,32 @@ batches, balanced or not.
 
 How much to send follows from what this process sees and measures of its own work:
 
-* it reads ``mine`` of the ``total`` partitions that have data, its fair share being
-  ``total / workers``. This process sees its own partitions at its source, and every
-  partition at its shards (each shard gets events of every partition). A partition has
-  data until it is seen caught up (its last batch read with no backlog) and then quiet
-  for a second; one not seen yet counts as having data. So when catching up on a backlog,
-  the process that reads fewer partitions runs out first, and from then on the busy one
-  sends more of its checking instead of the other idling; while a slow reader still has a
-  backlog, it is never mistaken for an idle one;
+* the input left to read, partition by partition: this process sees its own partitions at
+  its source, and every partition at its shards (each shard gets events of every
+  partition, with the backlog its batch was read with). A partition weighs its backlog
+  plus one message: catching up, the process whose partitions have more left sends more of
+  its checking, and one that runs ahead keeps more, until both finish together; keeping
+  up (no backlogs), partitions weigh the same. A partition has no input once seen caught up
+  and then quiet for a second; one not seen yet weighs as much as the average one seen;
+* ``mine`` is the weight of this process's partitions, ``fair`` the total weight divided
+  by the number of workers;
 * an event costs its worker thread ``read`` seconds to read and ``check`` to check. The
   worker thread is what to balance: it holds the GIL, while librdkafka's own threads fetch
   and decode beside it (and run far ahead of it when catching up);
 * it sends ``(mine - fair) / mine * (read + check) / check`` of its batches (at most all).
 
-With 2 processes, that equalises ``read + check`` across them: the reader of 2 partitions
-sends 40% of its batches when reading costs two thirds of checking.
+With 2 processes, that equalises ``read + check`` across them: the reader of 2 of 3 equal
+partitions sends 40% of its batches when reading costs two thirds of checking.
 
 >>> meter = ReadMeter(workers=2, partitions=["p0", "p1", "p2"])
->>> meter.saw_read({"p0": True, "p1": True}, now=0.0)  # both read with a backlog
+>>> meter.saw_read({"p0": 1000, "p1": 1000}, now=0.0)  # both read with a backlog
 >>> meter.record_read(0.2, 1000); meter.record_check(0.3, 1000)
->>> round(meter.share(now=0.5), 3)  # (2 - 3 / 2) / 2 * (0.2 + 0.3) / 0.3
+>>> round(meter.share(now=0.5), 3)  # p2 unseen weighs 1001 too: (2 - 3 / 2) / 2 * (0.2 + 0.3) / 0.3
 0.417
->>> meter.saw_folded({"p2": False}, now=1.0)  # p2's reader caught up...
->>> round(meter.share(now=1.5), 3)
-0.417
+>>> meter.saw_folded({"p2": 3001}, now=0.6)  # p2 has more left: this process keeps everything
+>>> round(meter.share(now=0.7), 3)
+0.0
+>>> meter.saw_folded({"p2": 0}, now=1.0)  # p2's reader caught up...
 >>> round(meter.share(now=2.5), 3)  # ...and nothing came since: (2 - 2 / 2) / 2 * 5 / 3
 0.833
 """
@@ -53,7 +55,7 @@ Y = TypeVar("Y")
 
 # Older measurements fade: each new one weighs this much (the share follows cost changes).
 _DECAY = 0.98
-# A partition whose events were last seen this long ago has no data now.
+# A caught-up partition whose events were last seen this long ago has no input now.
 _ACTIVE_S = 1.0
 
 
@@ -66,25 +68,28 @@ class ReadMeter:
         # Decayed sums of seconds and events, per kind of work.
         self.read_s = self.read_n = self.check_s = self.check_n = 0.0
         self._partitions = set(partitions)
-        # partition -> (when its events were last seen here, whether that batch was read behind)
-        self._seen: dict[Hashable, tuple[float, bool]] = {}
+        # partition -> (when its events were last seen here, the backlog they were read with)
+        self._seen: dict[Hashable, tuple[float, int]] = {}
         self._mine: set[Hashable] = set()
 
-    def saw_read(self, partitions: Mapping[Hashable, bool], now: float | None = None) -> None:
-        """This process's source just read ``{partition: with a backlog behind}``."""
-        self._mine.update(partitions)
-        self.saw_folded(partitions, now)
+    def saw_read(self, backlogs: Mapping[Hashable, int], now: float | None = None) -> None:
+        """This process's source just read ``{partition: backlog after the batch}``."""
+        self._mine.update(backlogs)
+        self.saw_folded(backlogs, now)
 
-    def saw_folded(self, partitions: Mapping[Hashable, bool], now: float | None = None) -> None:
-        """Events of ``{partition: read with a backlog}`` (read by any process) reached this process."""
+    def saw_folded(self, backlogs: Mapping[Hashable, int], now: float | None = None) -> None:
+        """Events of ``{partition: backlog}`` (read by any process) reached this process."""
         now = time.monotonic() if now is None else now
-        for p, behind in partitions.items():
-            self._seen[p] = (now, behind)
-        self._partitions.update(partitions)
+        for p, backlog in backlogs.items():
+            self._seen[p] = (now, backlog)
+        self._partitions.update(backlogs)
 
-    def _has_data(self, partition: Hashable, since: float) -> bool:
-        seen = self._seen.get(partition)
-        return seen is None or seen[0] >= since or seen[1]
+    def _weights(self, now: float) -> dict[Hashable, float]:
+        """The input left in each partition: its backlog + 1, 0 once caught up and quiet."""
+        since = now - _ACTIVE_S
+        seen = {p: (0.0 if t < since and backlog <= 0 else backlog + 1.0) for p, (t, backlog) in self._seen.items()}
+        unseen = sum(seen.values()) / len(seen) if seen else 1.0
+        return {p: seen.get(p, unseen) for p in self._partitions}
 
     def record_read(self, seconds: float, events: int) -> None:
         self.read_s = self.read_s * _DECAY + seconds
@@ -96,13 +101,15 @@ class ReadMeter:
 
     def share(self, now: float) -> float:
         """The fraction of this process's batches to check elsewhere."""
-        since = now - _ACTIVE_S
-        mine = [p for p in self._mine if self._has_data(p, since)]
-        fair = sum(self._has_data(p, since) for p in self._partitions) / self.workers
-        if len(mine) <= fair or self.check_n <= 0.0 or self.read_n <= 0.0:
+        if self.check_n <= 0.0 or self.read_n <= 0.0:
+            return 0.0
+        weights = self._weights(now)
+        mine = sum(weights[p] for p in self._mine)
+        fair = sum(weights.values()) / self.workers
+        if mine <= fair:
             return 0.0
         read, check = self.read_s / self.read_n, self.check_s / self.check_n
-        return min(1.0, (len(mine) - fair) / len(mine) * (read + check) / check)
+        return min(1.0, (mine - fair) / mine * (read + check) / check)
 
     def timed_check(self, step: Callable[[X], Y], *, counts_events: bool = True) -> Callable[[X], Y]:
         """``step`` over a batch, its thread CPU time counted as checking.
@@ -131,7 +138,7 @@ class _MeteredPartition(StatefulSourcePartition[X, S], Generic[X, S]):
         batches = self.inner.next_batch()
         self.meter.record_read(time.thread_time() - started, sum(map(len, batches)))  # type: ignore[arg-type]
         if batches:
-            self.meter.saw_read({b.source_id: b.backlog > 0 for b in batches})  # type: ignore[attr-defined]
+            self.meter.saw_read({b.source_id: b.backlog for b in batches})  # type: ignore[attr-defined]
         return batches
 
     def next_awake(self) -> Any:

@@ -42,9 +42,9 @@ def shard_key(view: str, entity: str, shards: int) -> str:
 
 
 class Router:
-    """Groups each batch's events into ``(shard key, (view, columns, behind))`` items.
+    """Groups each batch's events into ``(shard key, (view, columns, backlog))`` items.
 
-    ``behind``: the batch was read with at least ``catch_up_backlog`` messages still waiting.
+    ``backlog``: how many messages were still waiting in the batch's partition when it was read.
 
     >>> from engine.events.schemas import Interaction
     >>> from engine.features.spec import FeatureView
@@ -58,10 +58,9 @@ class Router:
     [('u#2~1710', 'u', ['u1'], [1767225600000], ('events', 0, 7, b'{}', ()))]
     """
 
-    def __init__(self, programs: Sequence[ViewProgram], shards: int, catch_up_backlog: int = 10_000) -> None:
+    def __init__(self, programs: Sequence[ViewProgram], shards: int) -> None:
         self.programs = list(programs)
         self.shards = shards
-        self.catch_up_backlog = catch_up_backlog
         self._keys = [shard_keys(p.view.name, shards) for p in self.programs]
 
     def route(self, batch: ValidatedBatch) -> list[tuple[str, ShardInput]]:
@@ -71,7 +70,7 @@ class Router:
         if not len(events):
             return out
         source = (origins.topic, origins.partition)  # each partition holds the watermark separately
-        behind = batch.backlog >= self.catch_up_backlog
+        backlog = batch.backlog
         for program, keys in zip(self.programs, self._keys):
             positions, entities = self._select(program, events)
             if not entities:
@@ -90,7 +89,7 @@ class Router:
             for shard, lo, hi in groups:
                 shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
                                          sorted_origins.slice(lo, hi), {j: vals[lo:hi] for j, vals in sorted_texts.items()})
-                out.append((keys[shard], (name, shard_batch, behind)))
+                out.append((keys[shard], (name, shard_batch, backlog)))
         return out
 
     @staticmethod

@@ -11,6 +11,7 @@ from engine.features.shard import ShardBatch
 from engine.features.spec import FeatureView
 from operators.aggregate import AggregateSettings, FlushPacer, ShardLogic
 
+BEHIND = 10_000  # a backlog at the default catch_up_backlog: catching up
 VIEW = FeatureView.from_dict({"name": "u", "entity": "user_id", "windows": {"1m": "1m"},
                               "features": [{"name": "n", "agg": "count"}]})
 T0 = 1_767_225_600_000
@@ -51,7 +52,7 @@ def test_shard_paces_flushes_only_while_catching_up() -> None:
         outs, _ = logic.on_notify()
         return {r.entity for out in outs for r in out.running}
 
-    out, _ = logic.on_batch([("u", _batch(50, 0), True)])
+    out, _ = logic.on_batch([("u", _batch(50, 0), BEHIND)])
     assert out[0].running == []  # writes go out from the timer, aligned across shards
     assert due_in() == 0.0
     assert len(flushed()) == 50  # the first flush is due at once
@@ -59,14 +60,14 @@ def test_shard_paces_flushes_only_while_catching_up() -> None:
     # only checks, every hold (0.1 s), whether catching up is over.
     for i in range(40):
         now[0] += 0.05
-        logic.on_batch([("u", _batch(50, 100 + i), True)])
+        logic.on_batch([("u", _batch(50, 100 + i), BEHIND)])
         assert 0.0 < due_in() <= 0.1
         assert flushed() == set()
     # No batch read behind for the hold: back to live spacing, and the pending values go out.
     now[0] += 0.1
     assert due_in() == 0.0
     assert flushed() == {f"u{i}" for i in range(50)}
-    logic.on_batch([("u", _batch(1, 300), False)])
+    logic.on_batch([("u", _batch(1, 300), 0)])
     assert 0.0 < due_in() <= 0.02
 
 
@@ -75,12 +76,12 @@ def test_a_partition_read_behind_keeps_the_shard_catching_up() -> None:
     pacer = FlushPacer(min_gap_s=0.02, share=0.1)
     pacer.record_write(1, 0.01)
     logic = ShardLogic({"u": ViewProgram(VIEW)}, AggregateSettings(0, 60_000, False, 20), None, lambda: now[0], pacer)
-    logic.on_batch([("u", _batch(20, 0), True)])
+    logic.on_batch([("u", _batch(20, 0), BEHIND)])
     logic.on_notify()
     writes = 0
     for i in range(100):  # 1 s: one partition behind, another live, alternating batches
         now[0] += 0.01
-        logic.on_batch([("u", _batch(20, 100 + i), i % 2 == 0)])
+        logic.on_batch([("u", _batch(20, 100 + i), BEHIND if i % 2 == 0 else 0)])
         outs, _ = logic.on_notify()
         writes += sum(1 for out in outs if out.running)
     assert writes == 0  # paced (20 x 10 ms / 0.1 = 2 s), not every live step
@@ -93,11 +94,11 @@ def test_flushes_fall_on_a_grid_shared_by_the_shards() -> None:
     shards = [ShardLogic({"u": ViewProgram(VIEW)}, settings, None, lambda: now[0], pacer) for _ in range(3)]
     for i, logic in enumerate(shards):
         now[0] += 0.003  # batches reach the shards at different moments
-        logic.on_batch([("u", _batch(3, 10 * i), False)])
+        logic.on_batch([("u", _batch(3, 10 * i), 0)])
         logic.on_notify()  # each one's first flush is due at once
     now[0] += 0.004
     for i, logic in enumerate(shards):
-        logic.on_batch([("u", _batch(3, 100 + 10 * i), False)])
+        logic.on_batch([("u", _batch(3, 100 + 10 * i), 0)])
     dues = {logic.notify_at() for logic in shards}
     assert len(dues) == 1  # one wall-clock step for all: one timer round, one Redis round trip
     due = dues.pop().timestamp()
@@ -108,10 +109,10 @@ def test_a_timer_that_fires_late_does_not_skip_a_step() -> None:
     now = [1000.0]
     pacer = FlushPacer(min_gap_s=0.02, share=0.1)
     logic = ShardLogic({"u": ViewProgram(VIEW)}, AggregateSettings(0, 60_000, False, 20), None, lambda: now[0], pacer)
-    logic.on_batch([("u", _batch(3, 0), False)])
+    logic.on_batch([("u", _batch(3, 0), 0)])
     logic.on_notify()
     for step in range(1, 6):
-        logic.on_batch([("u", _batch(1, 10 * step), False)])
+        logic.on_batch([("u", _batch(1, 10 * step), 0)])
         at = logic.notify_at()
         assert at is not None and at.timestamp() == pytest.approx(1000.0 + 0.02 * step, abs=1e-6)
         now[0] = at.timestamp() + 0.0015  # the timer runs 1.5 ms late

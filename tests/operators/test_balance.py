@@ -12,7 +12,7 @@ from operators.sources import FileBatchSource
 
 def _meter(mine: int, partitions: int, workers: int = 2, read_s: float = 0.2, check_s: float = 0.3) -> ReadMeter:
     meter = ReadMeter(workers, [f"p{i}" for i in range(partitions)])
-    meter.saw_read({f"p{i}": True for i in range(mine)}, now=0.0)
+    meter.saw_read({f"p{i}": 1000 for i in range(mine)}, now=0.0)
     meter.record_read(read_s, 1000)
     meter.record_check(check_s, 1000)
     return meter
@@ -29,27 +29,34 @@ def test_share_evens_reading_and_checking(mine: int, partitions: int, workers: i
     assert _meter(mine, partitions, workers).share(now=0.5) == pytest.approx(min(1.0, share))
 
 
-def test_share_follows_partitions_that_run_out_but_never_a_slow_reader() -> None:
+def test_share_follows_the_input_left_and_partitions_that_run_out() -> None:
     meter = _meter(2, 3)
-    meter.saw_folded({"p2": True}, now=0.0)
-    assert meter.share(now=5.0) == pytest.approx(0.25 * 5 / 3)  # p2 last seen behind: still has data
-    meter.saw_folded({"p2": False}, now=5.0)  # caught up
-    assert meter.share(now=5.5) == pytest.approx(0.25 * 5 / 3)
-    assert meter.share(now=6.5) == pytest.approx(0.5 * 5 / 3)  # and quiet since: 2 partitions, 1 each
-    meter.saw_folded({"p2": True}, now=7.0)  # new data again
-    assert meter.share(now=7.1) == pytest.approx(0.25 * 5 / 3)
+    meter.saw_folded({"p2": 1000}, now=0.0)
+    assert meter.share(now=5.0) == pytest.approx(0.25 * 5 / 3)  # p2 last seen with a backlog: still has input
+    meter.saw_folded({"p2": 4000}, now=5.0)  # p2 has fallen behind this process's partitions
+    assert meter.share(now=5.1) == 0.0
+    meter.saw_read({"p0": 500, "p1": 500}, now=5.2)  # and this process ran ahead: 1002 vs 4001
+    assert meter.share(now=5.3) == 0.0
+    meter.saw_read({"p0": 3000, "p1": 3000}, now=5.4)  # this one lags: (6002 - 10003 / 2) / 6002
+    assert meter.share(now=5.5) == pytest.approx((6002 - 10003 / 2) / 6002 * 5 / 3)
+    meter.saw_folded({"p2": 0}, now=6.0)  # caught up
+    meter.saw_read({"p0": 0, "p1": 0}, now=6.0)
+    assert meter.share(now=6.5) == pytest.approx(0.25 * 5 / 3)  # keeping up: partitions weigh the same
+    assert meter.share(now=7.5) == 0.0  # and quiet since: no input anywhere
+    meter.saw_read({"p0": 0, "p1": 0}, now=7.6)
+    assert meter.share(now=7.7) == pytest.approx(0.5 * 5 / 3)  # p2 quiet: 2 partitions, 1 each
 
 
 def test_share_is_zero_before_anything_is_measured() -> None:
     meter = ReadMeter(2, ["a", "b", "c"])
-    meter.saw_read({"a": True, "b": True})
+    meter.saw_read({"a": 10, "b": 10})
     assert meter.share(now=time.monotonic()) == 0.0
 
 
 def test_spreader_sends_its_share_evenly_to_the_other_workers() -> None:
     meter = _meter(3, 4, workers=3)  # share (3 - 4/3) / 3 * 5 / 3 ~ 0.93
     spreader = Spreader(meter, here=1, keys=["k0", "k1", "k2"])
-    meter.saw_read({"p0": True, "p1": True, "p2": True})  # seen now, for the spreader's clock
+    meter.saw_read({"p0": 1000, "p1": 1000, "p2": 1000})  # seen now, for the spreader's clock
     keys = [spreader.key(i)[0] for i in range(3000)]
     share = meter.share(time.monotonic())
     assert keys.count("k1") == pytest.approx(3000 * (1 - share), abs=2)

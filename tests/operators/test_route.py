@@ -33,8 +33,8 @@ def test_each_shard_gets_its_entities_in_arrival_order_with_their_origins() -> N
     keys = shard_keys("u", 8)
     items = Router([ViewProgram(VIEW)], shards=8).route(batch)
     seen = 0
-    for key, (view, shard_batch, behind) in items:
-        assert view == "u" and not behind
+    for key, (view, shard_batch, backlog) in items:
+        assert view == "u" and backlog == 0
         positions = [refs[2] - 100 for refs in (shard_batch.refs[i] for i in range(len(shard_batch)))]
         assert positions == sorted(positions)  # arrival order within a shard
         for i, pos in enumerate(positions):
