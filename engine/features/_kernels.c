@@ -22,6 +22,8 @@
  * pack_bytes(values) -> (blob, ends)
  *     b"".join(values), and where each value ends in it (bytes holding int64 offsets): a
  *     batch's raw messages pickle as two buffers instead of an object each.
+ * unpack_bytes(blob, ends) -> list[bytes]
+ *     The values pack_bytes packed.
  *
  * Why C: in Python these are a dict lookup per event (memoised hashes), an argsort and a list
  * comprehension per column, ~0.3 us an event for the features pipeline's router.
@@ -326,6 +328,37 @@ done:
     return out;
 }
 
+static PyObject *unpack_bytes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "unpack_bytes(blob: bytes, ends: bytes)");
+        return NULL;
+    }
+    const char *blob = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    const int64_t *ends = (const int64_t *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[1]) / (Py_ssize_t)sizeof(int64_t);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    int64_t start = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ends[i] < start || ends[i] > size) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_ValueError, "unpack_bytes: ends out of order or past the blob");
+            return NULL;
+        }
+        PyObject *value = PyBytes_FromStringAndSize(blob + start, (Py_ssize_t)(ends[i] - start));
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, value);
+        start = ends[i];
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"shard_groups", (PyCFunction)(void (*)(void))shard_groups, METH_FASTCALL,
      "shard_groups(entities, shards)\n--\n\n"
@@ -341,6 +374,8 @@ static PyMethodDef methods[] = {
      "context_numbers(contexts, key)\n--\n\nnumbers_of([c.get(key) for c in contexts])."},
     {"codes_of", (PyCFunction)(void (*)(void))codes_of, METH_FASTCALL,
      "codes_of(values, index)\n--\n\nint64 bytes: index[v] for each value."},
+    {"unpack_bytes", (PyCFunction)(void (*)(void))unpack_bytes, METH_FASTCALL,
+     "unpack_bytes(blob, ends)\n--\n\nThe list of bytes values pack_bytes(values) packed."},
     {"pack_bytes", pack_bytes, METH_O,
      "pack_bytes(values)\n--\n\n(b''.join(values), the int64 end offset of each value as bytes)."},
     {NULL, NULL, 0, NULL},

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import operators.sources as sources
+from operators.sources import RawBatch
 
 
 @dataclass
@@ -91,3 +93,20 @@ def test_error_entries_are_skipped_logged_and_batches_are_columns(monkeypatch, c
     assert [r.getMessage() for r in caplog.records] == ["t[0]: consumer transient error: broker down"]
     assert (batch.offsets, batch.values, batch.headers) == ([0, 1], [b"{}", b'{"a":1}'], [None, None])
     assert batch.messages == [(0, b"{}", None), (1, b'{"a":1}', None)]
+
+
+def test_a_batch_pickles_packed_and_comes_back_equal() -> None:
+    import pickle
+
+    batches = [
+        RawBatch("t", 1, list(range(100, 300)), [b"x" * (i % 7) for i in range(200)], [None] * 200, 42),
+        RawBatch("t", 2, [5, 6], [b"a", b"b"], [[("content-type", b"application/json")], None], 0),
+        RawBatch("t", 3, [5, 6], [None, b"b"], [None, None], 1),  # a tombstone: sent as it is
+        RawBatch("t", 4, [], [], [], 0),
+    ]
+    for batch in batches:
+        assert pickle.loads(pickle.dumps(batch)) == batch
+    from engine.features._kernels import unpack_bytes
+
+    with pytest.raises(ValueError):
+        unpack_bytes(b"ab", array("q", [3]).tobytes())
