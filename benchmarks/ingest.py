@@ -1081,8 +1081,9 @@ def build_notes(events: int, pipeline: dict[str, Any], freshness: dict[str, Any]
             if last > 0 and first < 0.8 * last:
                 notes.append(
                     f"{key}: the partitions split unevenly over the processes; one process had read all of its "
-                    f"input after {first:.1f} s, the other after {last:.1f} s (events_in_timeline), so input "
-                    "reading is unbalanced (a partition count that is a multiple of the process count avoids it).")
+                    f"input after {first:.1f} s, the other after {last:.1f} s (events_in_timeline). Reading stays "
+                    "where the partitions are; the busier reader hands part of its checking to the other "
+                    "(operators/balance.py), so the processes' work stays balanced.")
     late_runs = {k: v["events_late"] for k, v in pipeline.items() if v["events_late"]}
     if late_runs:
         notes.append(

@@ -13,9 +13,10 @@ profile of the running job):
   (the catch-up pacing coalesces about that many events per write): running values, then
   :meth:`OnlineStore.write_running` to a real Redis server.
 
-It prints µs per event for each stage: the budget the ingest target implies is about 3.3 µs
-of CPU an event for everything (see docs/features.md). Not a benchmark of record: no
-results file, no README table.
+It prints µs per event for each stage. The running 2-process job adds, per worker thread,
+the source (~0.4 µs an event it reads) and pickling what crosses processes; see
+docs/architecture.md ("Columns and arrays ..."). Not a benchmark of record: no results
+file, no README table.
 """
 
 from __future__ import annotations
