@@ -44,8 +44,9 @@ RUN set -f; if [ -n "$CUDA_WHEELS" ]; then \
         && ldconfig; \
     fi
 
-# Then the project itself (README.md is optional metadata), as the wheel built above.
-COPY . .
+# Then the project itself, as the wheel built above. The sources are not copied here: run
+# from a directory holding them, Python would import them ahead of the installed package,
+# which alone has the compiled modules.
 COPY --from=build /wheels /wheels
 # Mount points exist in the image, owned by the service user, so that a fresh named
 # volume mounted on them is writable (Docker copies the ownership into an empty volume).

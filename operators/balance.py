@@ -136,8 +136,9 @@ class _MeteredPartition(StatefulSourcePartition[X, S], Generic[X, S]):
     def next_batch(self) -> list[X]:
         started = time.thread_time()
         batches = self.inner.next_batch()
-        self.meter.record_read(time.thread_time() - started, sum(map(len, batches)))  # type: ignore[arg-type]
-        if batches:
+        events = sum(map(len, batches))  # type: ignore[arg-type]
+        if events:  # an empty poll is idle time, not the cost of reading
+            self.meter.record_read(time.thread_time() - started, events)
             self.meter.saw_read({b.source_id: b.backlog for b in batches})  # type: ignore[attr-defined]
         return batches
 

@@ -49,7 +49,15 @@ class Origins:
         return Origins(self.topic, self.partition, take(self.offsets, order), take(self.raws, order),
                        take(self.headers, order))
 
+    def __copy__(self) -> "Origins":
+        return Origins(self.topic, self.partition, self.offsets, self.raws, self.headers)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Origins":
+        return Origins(self.topic, self.partition, list(self.offsets), list(self.raws),
+                       [None if h is None else list(h) for h in self.headers])
+
     def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (copies keep the columns: __copy__, __deepcopy__).
         # Sent to a shard in another process, origins are read only for late events: packed,
         # they pickle as a few buffers instead of an object or three per event.
         blob, ends = pack_bytes(self.raws)
@@ -105,7 +113,7 @@ def validate_batch(
 ) -> ValidatedBatch:
     """Validate every message of a batch; nothing raises and nothing is dropped.
 
-    A batch of valid JSON events is checked a column at a time
+    A batch of valid JSON events is checked in one compiled pass
     (:func:`validate_interaction_batch`); otherwise message by message, to say which are bad and why.
     """
     now = now_ms()

@@ -151,7 +151,14 @@ error:
     return NULL;
 }
 
+static PyObject *limits(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(ii)", MAX_ID_LEN, MAX_MAP_KEYS);
+}
+
 static PyMethodDef methods[] = {
+    {"limits", limits, METH_NOARGS,
+     "limits()\n--\n\n(MAX_ID_LEN, MAX_MAP_KEYS) as compiled; engine/events/validation.py checks they are its own."},
     {"interaction_columns", (PyCFunction)(void (*)(void))interaction_columns, METH_FASTCALL,
      "interaction_columns(raws, loads, event_types, min_time, max_time)\n--\n\n"
      "The six interaction columns (user_id, item_id, event_type, event_time, context,\n"

@@ -43,7 +43,7 @@ from typing import Any, Final, Sequence
 
 import orjson
 
-from engine.events._batch_check import interaction_columns
+from engine.events._batch_check import interaction_columns, limits as batch_limits
 from engine.events.codec import JSON_CONTENT_TYPE, DecodeError, Headers, content_type, decode, short_repr
 from engine.events.columns import InteractionColumns
 from engine.events.schemas import EVENT_TYPES, Interaction, ItemUpdate, Label
@@ -249,6 +249,9 @@ def validate_interaction(
 
 # Each accepted event type mapped to one interned object, stored in the batch's column.
 _CANONICAL_TYPES: Final = {t: t for t in EVENT_TYPES}
+# The compiled check hard-codes the limits (it runs per field of every event): same values.
+if batch_limits() != (MAX_ID_LEN, MAX_MAP_KEYS):
+    raise ImportError("engine/events/_batch_check.c was compiled with other limits; reinstall rtml")
 
 
 def validate_interaction_batch(

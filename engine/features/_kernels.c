@@ -65,8 +65,8 @@ static PyObject *shard_groups(PyObject *module, PyObject *const *args, Py_ssize_
     long shards = PyLong_AsLong(args[1]);
     if (shards == -1 && PyErr_Occurred())
         return NULL;
-    if (shards < 1) {
-        PyErr_SetString(PyExc_ValueError, "shards must be at least 1");
+    if (shards < 1 || (unsigned long)shards > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "shards must be between 1 and 2**32 - 1");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(entities);
@@ -119,6 +119,19 @@ done:
     return result;
 }
 
+/* Packed int64 positions: raw bytes (read as int64), or an array of 8-byte signed ints. */
+static int holds_int64(const Py_buffer *view)
+{
+    if (view->len % (Py_ssize_t)sizeof(int64_t) != 0)
+        return 0;
+    const char *f = view->format;
+    if (f == NULL || strcmp(f, "B") == 0)
+        return 1;
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@')
+        f++;
+    return view->itemsize == (Py_ssize_t)sizeof(int64_t) && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0);
+}
+
 static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -129,12 +142,12 @@ static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (values == NULL)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_FORMAT) < 0) {
         Py_DECREF(values);
         return NULL;
     }
     PyObject *out = NULL;
-    if (view.len % (Py_ssize_t)sizeof(int64_t) != 0) {
+    if (!holds_int64(&view)) {
         PyErr_SetString(PyExc_ValueError, "order must hold int64 positions");
         goto done;
     }
@@ -336,6 +349,10 @@ static PyObject *unpack_bytes(PyObject *module, PyObject *const *args, Py_ssize_
     }
     const char *blob = PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (PyBytes_GET_SIZE(args[1]) % (Py_ssize_t)sizeof(int64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "unpack_bytes: ends must hold int64 offsets");
+        return NULL;
+    }
     const int64_t *ends = (const int64_t *)PyBytes_AS_STRING(args[1]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[1]) / (Py_ssize_t)sizeof(int64_t);
     PyObject *out = PyList_New(n);

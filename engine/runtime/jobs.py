@@ -54,9 +54,9 @@ def init_recovery(directory: str | Path, partitions: int, layout: dict[str, Any]
                 )
         return
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
-    if layout is not None:
+    if layout is not None:  # first: a crash before the partitions exist leaves no refusable state
         record.write_text(json.dumps(layout))
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
 
 
 def _worker_ports(cfg: RtmlConfig, n: int) -> list[int]:

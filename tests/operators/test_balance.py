@@ -83,3 +83,22 @@ def test_metered_source_counts_reads_and_partitions(tmp_path) -> None:
             sizes += [len(b) for b in part.next_batch()]
     assert sizes == [4, 4, 2] and meter.read_n == pytest.approx(4 * 0.98**2 + 4 * 0.98 + 2)
     assert part.snapshot() == 10
+
+
+def test_empty_polls_are_not_counted_as_reading() -> None:
+    from operators.balance import _MeteredPartition
+    from operators.sources import RawBatch
+
+    class Polls:
+        def __init__(self) -> None:
+            self.results = [[], [], [RawBatch("t", 0, [1, 2], [b"a", b"b"], [None, None], 5)], []]
+
+        def next_batch(self) -> list[RawBatch]:
+            return self.results.pop(0)
+
+    meter = ReadMeter(2)
+    part = _MeteredPartition(Polls(), meter)  # type: ignore[arg-type]
+    for _ in range(4):
+        part.next_batch()
+    assert meter.read_n == 2  # one batch of two events; the empty polls left no trace
+    assert meter._mine == {("t", 0)}

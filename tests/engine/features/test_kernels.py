@@ -30,6 +30,8 @@ def test_shard_groups_refuses_what_it_cannot_hash() -> None:
         shard_groups(["a", 1], 4)  # type: ignore[list-item]
     with pytest.raises(ValueError):
         shard_groups(["a"], 0)
+    with pytest.raises(ValueError):
+        shard_groups(["a"], 2**32)
     with pytest.raises(UnicodeEncodeError):  # as str.encode() would
         shard_groups(["\ud800"], 4)
 
@@ -42,6 +44,8 @@ def test_take_reorders_any_sequence_by_int64_positions() -> None:
         take(values, np.array([4], np.int64))
     with pytest.raises(ValueError):
         take(values, b"abc")
+    with pytest.raises(ValueError):
+        take(values, np.array([1], np.int32))  # not read as int64 by mistake
 
 
 def test_pack_bytes_joins_and_marks_each_end() -> None:
