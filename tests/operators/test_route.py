@@ -61,3 +61,40 @@ def test_a_shard_batch_pickled_to_another_process_keeps_late_events_origins() ->
     shard.ingest(newer, 0.0)
     late = shard.ingest(crossed, 0.0)
     assert late == [batch.origins[i] for i in range(300) if batch.events.event_type[i] != "impression"]
+
+
+def _slow_partition_batch(first_offset: int, first_time: int, n: int = 50) -> ValidatedBatch:
+    """A catch-up batch of a slow partition: n events 2 s apart (100 s of event time)."""
+    events = [Interaction(f"user{i % 5}", "i", "click", first_time + i * 2_000, {}) for i in range(n)]
+    offsets = list(range(first_offset, first_offset + n))
+    return ValidatedBatch(InteractionColumns.from_events(events),
+                          Origins("events", 0, offsets, [b"{}"] * n, [None] * n), backlog=10**6)
+
+
+def test_a_batch_overtaken_by_a_later_one_of_its_partition_is_not_dead_lettered_as_late() -> None:
+    # Checked on another process, batch 1 reaches the shard after batch 2 of the same
+    # partition. Their events are 100 s apart, more than out-of-orderness + lateness (65 s).
+    router = Router([ViewProgram(VIEW)], shards=1)
+    first, second = (router.route(_slow_partition_batch(o, T + o * 2_000))[0][1][1] for o in (0, 50))
+    shard = ShardAggregator(ViewProgram(VIEW), out_of_orderness_ms=5_000, allowed_lateness_ms=60_000,
+                            idle_advance=False, sources=[("events", 0)], wall_now=0.0)
+    assert shard.ingest(second, 0.0) == []
+    assert shard.ingest(first, 0.0) == []  # judged as of before the batch that overtook it
+    assert shard.accepted == 100
+    # Without positions (any other source of batches) the same order does make them late.
+    blind = ShardAggregator(ViewProgram(VIEW), out_of_orderness_ms=5_000, allowed_lateness_ms=60_000,
+                            idle_advance=False, sources=[("events", 0)], wall_now=0.0)
+    second.position = first.position = None
+    blind.ingest(second, 0.0)
+    assert len(blind.ingest(first, 0.0)) > 0
+
+
+def test_an_overtaken_batch_keeps_events_that_were_late_anyway() -> None:
+    router = Router([ViewProgram(VIEW)], shards=1)
+    shard = ShardAggregator(ViewProgram(VIEW), out_of_orderness_ms=5_000, allowed_lateness_ms=60_000,
+                            idle_advance=False, sources=[("events", 0)], wall_now=0.0)
+    early = router.route(_slow_partition_batch(0, T + 10**6, n=1))[0][1][1]  # moves the watermark far on
+    shard.ingest(early, 0.0)
+    late, later = (router.route(_slow_partition_batch(o, T))[0][1][1] for o in (10, 100))
+    shard.ingest(later, 0.0)
+    assert len(shard.ingest(late, 0.0)) == len(late)  # late before `later` came, so late still
