@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from engine.events.columns import ColumnsAt, InteractionColumns
 from engine.features._kernels import codes_of, context_numbers, numbers_of
 from engine.features.keys import composite_key
 from engine.features.spec import Agg, Feature, FeatureView
@@ -220,8 +221,9 @@ class ViewProgram:
             got = numbers.get(path)
             if got is None:
                 # NaN for anything but a finite int or float (engine/features/_kernels.c).
+                validated = isinstance(events, (InteractionColumns, ColumnsAt))  # contexts are dicts
                 got = numbers[path] = (np.frombuffer(context_numbers(events.field("context"), path[8:]), np.float64)
-                                       if path.startswith("context.") and path not in columns
+                                       if validated and path.startswith("context.") and path not in columns
                                        else np.frombuffer(numbers_of(column(path)), np.float64))
             return got
 
