@@ -37,6 +37,8 @@ WHEELS=(
   grpcio-reflection==1.81.1 protobuf==6.33.6 prometheus-client==0.26.0
   # The server imports these too (bandit rewards, event codecs, feature sketches).
   orjson==3.13.0 datasketches==5.2.0 confluent-kafka==2.16.1 redis==8.1.0 hiredis==3.5.0
+  # To compile rtml's C extensions (setup.py) for the device's Python.
+  setuptools==80.9.0
 )
 
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
@@ -106,6 +108,14 @@ check() {
     log "using $py ($("$py" -V 2>&1)) with the carried wheel bundle"
     timeout 120 bash -c "$(declare -f log stage install_bundle); STAGE='$STAGE' PARTS_DIR='$PARTS_DIR' install_bundle '$py'" || return 3
     export PYTHONPATH="$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  # rtml's compiled modules (setup.py; git-ignored, so never carried): built in place for the
+  # device's Python when missing. That needs the device's C compiler and Python headers.
+  if ! timeout 60 "$py" -c "import engine.events._batch_check, engine.features._kernels, engine.features._resp, engine.runtime._routing" 2>/dev/null; then
+    log "building rtml's C extensions in place for $("$py" -V 2>&1)"
+    timeout 240 "$py" setup.py -q build_ext --inplace 2>&1 | tail -20
+    timeout 60 "$py" -c "import engine.features._resp, engine.features._kernels" \
+      || { log "no compiled modules: the device needs gcc and the Python headers"; return 7; }
   fi
   # CUDA 13 / cuDNN 9 libraries shipped as nvidia-* wheels in the image's site-packages: make
   # them findable by ONNX Runtime's CUDA provider here and in the server subprocess.
