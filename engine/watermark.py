@@ -7,11 +7,6 @@ heard from yet holds it back (until idle). With ``idle_advance`` a quiet stream'
 moves on with the wall clock, so windows close without new events. The watermark never
 moves back.
 
-A batch of a source can reach a consumer after a later batch of the same source (the
-features job checks batches on several processes). Given its *position* (the offset of its
-first event), such an overtaken batch is judged against the watermark that held before the
-first batch that overtook it, so its events are late only if they would have been in order.
-
 >>> wm = SourceWatermark(out_of_orderness_ms=1_000, sources=[("t", 0), ("t", 1)])
 >>> wm.observe(("t", 0), 10_000, wall_now=0.0)
 >>> wm.watermark_ms(wall_now=0.0) is None  # partition 1 not heard from yet
@@ -25,15 +20,10 @@ True
 
 from __future__ import annotations
 
-from collections import deque
 from itertools import repeat
 from typing import Any, Hashable, Iterable, Protocol
 
 import numpy as np
-
-
-# How many recent batch positions a source keeps (a batch overtaken by more is judged as of now).
-_POSITIONS_KEPT = 64
 
 
 class WatermarkTiming(Protocol):
@@ -71,10 +61,6 @@ class SourceWatermark:
         self.max_event_ms: int | None = None
         self.wall_at_max = 0.0
         self.high: int | None = None
-        # Per source: the highest batch position seen, and (position, watermark before it)
-        # of its recent batches, to judge a batch that arrives after later ones.
-        self.source_position: dict[Hashable, int] = {}
-        self._before: dict[Hashable, deque[tuple[int, int | None]]] = {}
 
     @classmethod
     def from_timing(cls, timing: WatermarkTiming, wall_now: float = 0.0) -> "SourceWatermark":
@@ -131,27 +117,15 @@ class SourceWatermark:
         return late
 
     def observe_source(
-        self, source: Hashable, times: np.ndarray, wall_now: float, allowed_lateness_ms: int,
-        position: int | None = None,
+        self, source: Hashable, times: np.ndarray, wall_now: float, allowed_lateness_ms: int
     ) -> np.ndarray:
         """:meth:`observe_rows` for events of one source as an int64 array; late positions.
 
         When no event can be late (every time is at or after the highest threshold the batch
-        could raise), the batch is observed at once; otherwise row by row. ``position``: where
-        the batch starts in its source (an offset); a batch that starts before one already
-        observed is judged as of when it should have come (see the module docs).
+        could raise), the batch is observed at once; otherwise row by row.
         """
         if not len(times):
             return np.empty(0, np.int64)
-        if position is not None:
-            last = self.source_position.get(source)
-            if last is not None and position < last:
-                return self._observe_overtaken(source, times, position, wall_now, allowed_lateness_ms)
-            self.source_position[source] = position
-            before = self._before.get(source)
-            if before is None:
-                before = self._before[source] = deque(maxlen=_POSITIONS_KEPT)
-            before.append((position, self.watermark_ms(wall_now)))
         wm = self.watermark_ms(wall_now)
         if wm is not None:
             t_max = int(times.max())
@@ -160,19 +134,6 @@ class SourceWatermark:
                 self.observe(source, t_max, wall_now)
                 return np.empty(0, np.int64)
         return np.asarray(self.observe_rows(times.tolist(), repeat(source), wall_now, allowed_lateness_ms), np.int64)
-
-    def _observe_overtaken(
-        self, source: Hashable, times: np.ndarray, position: int, wall_now: float, allowed_lateness_ms: int
-    ) -> np.ndarray:
-        """Observe a batch that starts before a later batch already observed; late positions."""
-        later = [wm for p, wm in self._before.get(source, ()) if p > position]
-        # The watermark before the first later batch (or now, if that one is no longer kept).
-        wm = later[0] if later else self.watermark_ms(wall_now)
-        late = np.empty(0, np.int64) if wm is None else np.flatnonzero(times < wm - allowed_lateness_ms)
-        kept = times if not len(late) else np.delete(times, late)
-        if len(kept):
-            self.observe(source, int(kept.max()), wall_now)
-        return late
 
     def heard(self, source: Hashable, wall_now: float) -> None:
         """``source`` is alive (e.g. it delivered only records without event time)."""

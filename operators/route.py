@@ -86,11 +86,9 @@ class Router:
             sorted_entities = take(entities, order)
             sorted_origins = origins.take(order if positions is None else np.asarray(positions, np.int64)[index])
             sorted_texts = {j: take(vals, order) for j, vals in texts.items()}
-            offsets = sorted_origins.offsets
             for shard, lo, hi in groups:
                 shard_batch = ShardBatch(sorted_entities[lo:hi], times[lo:hi], inputs[lo:hi], source,
-                                         sorted_origins.slice(lo, hi), {j: vals[lo:hi] for j, vals in sorted_texts.items()},
-                                         position=offsets[lo])
+                                         sorted_origins.slice(lo, hi), {j: vals[lo:hi] for j, vals in sorted_texts.items()})
                 out.append((keys[shard], (name, shard_batch, backlog)))
         return out
 

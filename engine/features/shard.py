@@ -106,9 +106,6 @@ class ShardBatch:
     source: Hashable
     refs: Sequence[Any]
     texts: dict[int, list[str | None]] = field(default_factory=dict)
-    # Offset of the first event in its source partition (None: unknown). A batch that reaches
-    # the shard after a later one of its partition is then judged as of when it should have.
-    position: int | None = None
 
     @classmethod
     def of(cls, program: ViewProgram, events: Sequence[Any], source: Hashable, refs: Sequence[Any]) -> "ShardBatch":
@@ -281,7 +278,7 @@ class ShardAggregator:
     def ingest(self, batch: ShardBatch, wall_now: float) -> list[Any]:
         """Fold a batch into tiles; return the references of late events."""
         times, inputs, entities, texts = batch.times, batch.inputs, batch.entities, batch.texts
-        late_at = self.clock.observe_source(batch.source, times, wall_now, self.allowed_lateness_ms, batch.position)
+        late_at = self.clock.observe_source(batch.source, times, wall_now, self.allowed_lateness_ms)
         late = [batch.refs[i] for i in late_at.tolist()]
         if len(late_at):
             keep = np.ones(len(times), bool)
