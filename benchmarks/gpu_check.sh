@@ -114,7 +114,7 @@ check() {
   if ! timeout 60 "$py" -c "import engine.events._batch_check, engine.features._kernels, engine.features._resp, engine.runtime._routing" 2>/dev/null; then
     log "building rtml's C extensions in place for $("$py" -V 2>&1)"
     timeout 240 "$py" setup.py -q build_ext --inplace 2>&1 | tail -20
-    timeout 60 "$py" -c "import engine.features._resp, engine.features._kernels" \
+    timeout 60 "$py" -c "import engine.events._batch_check, engine.features._kernels, engine.features._resp, engine.runtime._routing" \
       || { log "no compiled modules: the device needs gcc and the Python headers"; return 7; }
   fi
   # CUDA 13 / cuDNN 9 libraries shipped as nvidia-* wheels in the image's site-packages: make

@@ -28,8 +28,9 @@ One run on the embedded stack (Tansu + redis-server, started here):
    and (b) a direct probe: marker events for a few probe users every ~50 ms and a thread
    that polls ``HGET <key> _t`` until the marker is visible.
 
-The floor (2) and every pipeline configuration (4) run ``--repeats`` times (3), the
-configurations interleaved so that a slow spell of the machine hits them alike; the run
+The floor (2) and every pipeline configuration (4) run ``--repeats`` times (3), interleaved
+(a floor run, then each configuration, per repetition) so that a slow spell of the machine
+hits them alike; the run
 with the median events/s is reported, and every run's rate is kept (``runs_events_per_s``)
 with its ratio to the floor (``ratio_to_floor_runs``).
 
@@ -964,10 +965,11 @@ def run_benchmark(
 
         kafka_cpu0 = _proc_cpu(stack.kafka.pid if stack.kafka else None)
         log("floor")
-        # The floor and each pipeline run are repeated (interleaved, so that a slow spell of
-        # the machine hits all of them alike); the median run is reported, every run listed.
-        floor = median_run([measure_floor(bootstrap, topic, events, partitions, extra_config=FLOOR_TUNING)
-                            for _ in range(repeats)])
+        # The floor and each pipeline run are repeated, interleaved (a floor run, then every
+        # configuration, per repetition), so that a slow spell of the machine hits all of them
+        # alike; the median run is reported, every run listed.
+        floor_runs = [measure_floor(bootstrap, topic, events, partitions, extra_config=FLOOR_TUNING)]
+        floor = floor_runs[0]
         floor_default = measure_floor(bootstrap, topic, events, partitions)
         log(f"floor {floor['events_per_s']:.0f} events/s (librdkafka defaults: {floor_default['events_per_s']:.0f})")
 
@@ -984,6 +986,8 @@ def run_benchmark(
         configs = [(p, False) for p in processes] + ([(p, True) for p in processes] if recovery else [])
         measured: dict[str, list[dict[str, Any]]] = {}
         for rep in range(repeats):
+            if rep:
+                floor_runs.append(measure_floor(bootstrap, topic, events, partitions, extra_config=FLOOR_TUNING))
             for procs, rec in configs:
                 key = f"{procs}_process{'es' if procs > 1 else ''}{'_recovery' if rec else ''}"
                 log(f"pipeline {key} (run {rep + 1} of {repeats})")
@@ -992,6 +996,9 @@ def run_benchmark(
                 measured.setdefault(key, []).append(res)
                 log(f"pipeline {key}: {res['events_per_s']:.0f} events/s ({res['seconds']:.1f}s + startup "
                     f"{res['startup_seconds']:.1f}s), ratio {res['events_per_s'] / floor['events_per_s']:.3f}")
+        floor = median_run(floor_runs)
+        for res in passthrough.values():
+            res["ratio_to_floor"] = round(res["events_per_s"] / floor["events_per_s"], 3)
         pipeline: dict[str, Any] = {}
         for key, results in measured.items():
             res = median_run(results)

@@ -122,7 +122,7 @@ done:
 /* Packed int64 positions: raw bytes (read as int64), or an array of 8-byte signed ints. */
 static int holds_int64(const Py_buffer *view)
 {
-    if (view->len % (Py_ssize_t)sizeof(int64_t) != 0)
+    if (view->ndim > 1 || view->len % (Py_ssize_t)sizeof(int64_t) != 0)
         return 0;
     const char *f = view->format;
     if (f == NULL || strcmp(f, "B") == 0)
@@ -142,7 +142,7 @@ static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (values == NULL)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_FORMAT) < 0) {
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         Py_DECREF(values);
         return NULL;
     }
