@@ -102,7 +102,7 @@ def build_features_flow(
 
     route = router.route
     meter: ReadMeter | None = None
-    if p.processes > 1:
+    if p.processes > 1 and p.spread_checks:
         # Partitions rarely split evenly over processes (3 over 2): the process that reads
         # more hands some of its batches' checking to the others (operators/balance.py);
         # aggregation is keyed and balanced anyway.

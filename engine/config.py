@@ -76,6 +76,10 @@ class PipelineConfig(_Section):
     recovery_dir: str | None = None  # None: <data_dir>/recovery
     snapshot_interval_s: int = Field(5, ge=1)  # Bytewax takes whole seconds
     processes: int = Field(1, ge=1)
+    # With several processes, the process that reads more partitions hands part of its
+    # batches' checking to the others (operators/balance.py). Off: each partition's batches
+    # stay in order end to end (no reordering near the lateness limit), at the cost of balance.
+    spread_checks: bool = True
     dlq_suffix: str = ".dlq"
 
 

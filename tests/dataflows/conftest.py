@@ -67,13 +67,16 @@ class FeaturesJob:
 
 @pytest.fixture()
 def features_job(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., FeaturesJob]]:
-    """Factory: ``features_job(events_topic, **pipeline_overrides)`` -> a configured (unstarted) job."""
+    """Factory: ``features_job(events_topic, consume_batch_size=..., **pipeline_overrides)`` -> a configured
+    (unstarted) job."""
     jobs: list[FeaturesJob] = []
 
-    def make(events_topic: str, *, processes: int = 1, recovery: bool = False, **pipeline: Any) -> FeaturesJob:
+    def make(events_topic: str, *, processes: int = 1, recovery: bool = False, consume_batch_size: int = 5000,
+             **pipeline: Any) -> FeaturesJob:
         prefix = f"t{uuid.uuid4().hex[:8]}"
         cfg = load_config(env={}, overrides={
-            "kafka": {"bootstrap": stack.bootstrap, "events_topic": events_topic, "fetch_wait_max_ms": 50},
+            "kafka": {"bootstrap": stack.bootstrap, "events_topic": events_topic, "fetch_wait_max_ms": 50,
+                      "consume_batch_size": consume_batch_size},
             "redis": {"url": stack.redis_url, "key_prefix": prefix},
             "metrics": {"port": free_port_range(processes)},
             "pipeline": {

@@ -186,6 +186,26 @@ def test_two_processes_with_json_and_protobuf_events_match_oracle(stack, unique_
     assert sum(m["rtml_events_in_total"] for m in per_process) == len(events)
 
 
+def test_two_processes_without_spreading_keep_exact_lateness(stack, unique_topic, features_job, redis_url):
+    # One partition read by one process, folded on both: without spreading, its batches reach
+    # every shard in order, so late events are exactly the oracle's even with 2 processes.
+    topic = unique_topic("events", partitions=1)
+    job = features_job(topic, processes=2, spread_checks=False, consume_batch_size=200).start()  # many batches
+    events = make_events(13, 4000, users=60, items=20)
+    produce_events(stack.bootstrap, topic, events)
+    want = _oracles(events, job.cfg)
+    store = OnlineStore(redis.Redis.from_url(redis_url), VIEWS, job.cfg.redis.key_prefix)
+    assert wait_until(lambda: _online_matches(store, want), 90, job), job.logs()
+    late_expected = sorted((i, v) for v, res in want.items() for i in res.late)
+    assert len(late_expected) > 50
+    letters = [DeadLetter.from_kafka(m.value(), m.headers())
+               for m in consume_all(stack.bootstrap, topic + ".dlq", len(late_expected))]
+    assert sorted((dl.offset, dl.detail.split()[2].rstrip(":")) for dl in letters) == late_expected
+    # Only the reading process checked events; the other one only folded its shards.
+    per_process = [_metrics(job.cfg.metrics.port + i) for i in range(2)]
+    assert sorted(m.get("rtml_events_valid_total", 0.0) for m in per_process) == [0.0, len(events)]
+
+
 def test_backfill_from_parquet_equals_backfill_from_jsonl(stack, tmp_path, redis_url) -> None:
     import orjson
     import pyarrow as pa
