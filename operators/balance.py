@@ -187,7 +187,7 @@ class Spreader:
 
     @classmethod
     def for_process(cls, meter: ReadMeter, here: int) -> "Spreader":
-        """The spreader of worker ``here``, its keys placed by :func:`keys_on`."""
+        """The spreader of worker ``here``, its keys placed by :func:`engine.runtime.placement.keys_on`."""
         names = {f"check{w}": w for w in range(meter.workers)}
         placed = keys_on(names, meter.workers)
         return cls(meter, here, [placed[f"check{w}"] for w in range(meter.workers)])

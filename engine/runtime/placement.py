@@ -1,26 +1,23 @@
 """Which Bytewax worker owns a state key, and state keys that land on chosen workers.
 
-A stateful step's items go to the worker that owns their key. Bytewax picks the owner from
-a hash of the key and the job's worker count (the same for N threads in one process as for
-N processes: tests/engine/runtime/test_placement.py checks this across real processes) and
-has no API to ask which. :func:`key_owners` asks Bytewax itself: it runs a tiny dataflow in
-this process with that many worker threads and records where each key's state lives.
+A stateful step's items go to the worker that owns their key. Bytewax picks the owner as
+``route_hash(key) % workers`` (:mod:`engine.runtime._routing` reproduces that hash; the same
+for N threads in one process as for N processes) and has no API to ask which.
+tests/engine/runtime/test_placement.py checks the hash against Bytewax itself, by running a
+tiny dataflow with that many worker threads and recording where each key's state lives.
 
-:func:`spread_keys` needs no probe: Bytewax routes a key to worker ``route_hash(key) %
-workers`` (:mod:`engine.runtime._routing` computes that hash, and the tests check it against
-Bytewax), so it can pick keys that split evenly over any worker count. The features job
-names its shards with it: by Bytewax's own hash, 8 shards fall 6 to 2 over 2 workers.
-
-A job uses the probe to give roles to processes, e.g. the learning job keeps every join shard on
+A job uses this to give roles to processes, e.g. the learning job keeps every join shard on
 process 0 (with the input) and gives each learner a process of its own, so a learner's core
 spends its time in the model: :func:`keys_on` salts a name (``name``, ``name~1``, ...) until
 Bytewax routes it to the wanted worker. The keys depend only on the names and the worker
 count, so a restart with the same count finds the same keys in its recovery state.
+
+:func:`spread_keys` picks keys that split evenly over any worker count up to 8. The features
+job names its shards with it: by Bytewax's own hash, 8 shards fall 6 to 2 over 2 workers.
 """
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 from typing import Mapping, Sequence
 
@@ -51,9 +48,7 @@ def key_owners(keys: Sequence[str], workers: int) -> dict[str, int]:
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    if workers == 1:
-        return {key: 0 for key in keys}
-    return dict(zip(keys, _probe(tuple(keys), workers)))
+    return {key: route_hash(key) % workers for key in keys}
 
 
 def keys_on(wanted: Mapping[str, int], workers: int) -> dict[str, str]:
@@ -102,49 +97,3 @@ def _spread_key(name: str, residue: int) -> str:
         if route_hash(key) % SPREAD_MODULUS == residue:
             return key
     raise RuntimeError(f"no key for {name!r} has residue {residue}")
-
-
-@lru_cache(maxsize=32)
-def _probe(keys: tuple[str, ...], workers: int) -> tuple[int, ...]:
-    # Imported here: Bytewax is heavy and only jobs of several processes ask.
-    import bytewax.operators as op
-    from bytewax.dataflow import Dataflow
-    from bytewax.inputs import DynamicSource, StatelessSourcePartition
-    from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from bytewax.testing import cluster_main
-
-    worker_of_thread: dict[int, int] = {}
-    owners: dict[str, int] = {}
-
-    class _Keys(StatelessSourcePartition[str]):
-        def __init__(self, index: int) -> None:
-            worker_of_thread[threading.get_ident()] = index
-            self.batches = [list(keys)] if index == 0 else []
-
-        def next_batch(self) -> list[str]:
-            if not self.batches:
-                raise StopIteration
-            return self.batches.pop()
-
-    class _Source(DynamicSource[str]):
-        def build(self, step_id: str, worker_index: int, worker_count: int) -> _Keys:
-            return _Keys(worker_index)
-
-    class _Record(StatelessSinkPartition[tuple[str, int]]):
-        def write_batch(self, items: list[tuple[str, int]]) -> None:
-            owners.update(items)
-
-    class _Sink(DynamicSink[tuple[str, int]]):
-        def build(self, step_id: str, worker_index: int, worker_count: int) -> _Record:
-            return _Record()
-
-    flow = Dataflow("rtml_key_owners")
-    keyed = op.key_on("key", op.input("keys", flow, _Source()), lambda k: k)
-    # The state step runs on the key's owner: it reports the worker of its own thread.
-    owned = op.stateful_map("owner", keyed, lambda _state, _k: (None, worker_of_thread[threading.get_ident()]))
-    op.output("owners", owned, _Sink())
-    cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    missing = [k for k in keys if k not in owners]
-    if missing:
-        raise RuntimeError(f"placement probe lost keys {missing[:5]}")
-    return tuple(owners[k] for k in keys)
