@@ -17,7 +17,7 @@ One run on the embedded stack (Tansu + redis-server, started here):
    (no validation, aggregation or Redis), 1 and 2 processes: what the framework costs on
    its own, so the pipeline's gap to the floor splits into framework and rtml's own work;
 4. *pipeline*: the real features dataflow (``python -m bytewax.run`` processes from
-   :func:`engine.runtime.jobs.dataflow_specs`) with a one-view spec written here, for
+   :func:`engine.runtime.jobs.job_specs`) with a one-view spec written here, for
    1 and 2 processes, recovery off and on; each run uses a fresh Redis key prefix on the
    same topic. The clock starts when the processes are spawned; the *processing* time
    starts at the first scrape with ``rtml_events_in_total > 0`` and ends when every event
@@ -64,7 +64,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks.report import fmt_rate, machine_description, machine_line, update_readme_table, write_result
 from engine.config import KafkaConfig, PipelineConfig, RtmlConfig, load_config
-from engine.runtime.jobs import dataflow_specs
+from engine.runtime.jobs import job_specs
 from engine.runtime.ports import free_port, free_port_range, port_is_open
 from engine.runtime.stack import LocalStack
 from engine.runtime.topics import ensure_topics, topic_end_offsets
@@ -348,7 +348,7 @@ class Job:
 
     def start(self) -> "Job":
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in dataflow_specs(self.cfg):
+        for spec in job_specs(self.cfg, "features"):
             fh = open(self.log_dir / f"{self.name}-{spec.name}.log", "ab")
             argv = self.wrap_argv(list(spec.argv)) if self.wrap_argv else spec.argv
             try:

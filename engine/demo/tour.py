@@ -20,7 +20,7 @@ from engine.config import RtmlConfig
 from engine.events.producer import ProduceStats, Topics, produce
 from engine.events.simulator import Simulator, SimulatorConfig
 from engine.features.online import OnlineStore
-from engine.runtime.jobs import dataflow_specs
+from engine.runtime.jobs import job_specs
 from engine.runtime.ports import free_port_range
 from engine.runtime.progress import histogram_quantile, pipeline_progress, scrape_job
 from engine.runtime.stack import LocalStack
@@ -58,7 +58,7 @@ def run_demo(cfg: RtmlConfig, duration_s: float = 60.0, rate: float = 1000.0) ->
         stack.ensure_topics()
         cfg = stack.config
         print(f"stack: kafka {cfg.kafka.bootstrap}, redis {cfg.redis.url}; data in {run_dir}", flush=True)
-        supervisor = Supervisor(dataflow_specs(cfg), cfg, log_dir=run_dir / "logs",
+        supervisor = Supervisor(job_specs(cfg, "features"), cfg, log_dir=run_dir / "logs",
                                 progress=pipeline_progress(cfg))
         supervisor.start()
         try:

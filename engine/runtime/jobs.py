@@ -89,11 +89,9 @@ def dataflow_specs(
     """Process specs for one dataflow job, with recovery when configured.
 
     Defaults follow ``pipeline`` (processes, recovery, ``<recovery_dir>/<name>``).
-    ``layout``: see :func:`init_recovery`; the features flow's by default.
+    ``layout``: see :func:`init_recovery`.
     """
     p = cfg.pipeline
-    if layout is None and flow == FEATURES_FLOW:
-        layout = features_layout(cfg)
     n = p.processes if processes is None else processes
     base = [sys.executable, "-m", "bytewax.run", flow]
     if (p.recovery if recovery is None else recovery) and (recovery_dir or p.recovery_dir):
@@ -118,7 +116,7 @@ def job_specs(cfg: RtmlConfig, job: str) -> list[ProcessSpec]:
     ``learning`` (``learning.processes``: input and join in one, learners in the others) or
     ``drift`` (one)."""
     if job == "features":
-        return dataflow_specs(cfg)
+        return dataflow_specs(cfg, layout=features_layout(cfg))
     if job == "learning":
         lc = cfg.learning
         # With several processes the state keys are placed for that many (dataflows/learning.py).

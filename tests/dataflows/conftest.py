@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from engine.config import RtmlConfig, load_config
-from engine.runtime.jobs import dataflow_specs
+from engine.runtime.jobs import job_specs
 from engine.runtime.ports import free_port_range
 from engine.runtime.stack import LocalStack
 from engine.runtime.topics import ensure_topics, topic_partitions
@@ -31,7 +31,7 @@ class FeaturesJob:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> "FeaturesJob":
-        for spec in dataflow_specs(self.cfg):
+        for spec in job_specs(self.cfg, "features"):
             log = open(self.log_dir / f"{spec.name}.log", "ab")
             self.procs.append(subprocess.Popen(
                 spec.argv, env={**os.environ, **(spec.env or {})}, stdout=log, stderr=subprocess.STDOUT,

@@ -29,18 +29,18 @@ def test_the_learning_job_runs_as_many_processes_as_configured(tmp_path: Path) -
 
 
 def test_features_recovery_records_its_layout_and_refuses_older_state(tmp_path: Path) -> None:
-    from engine.runtime.jobs import dataflow_specs, features_layout
+    from engine.runtime.jobs import features_layout
 
     cfg = load_config(env={}, overrides={"pipeline": {"recovery": True, "recovery_dir": str(tmp_path), "processes": 2}})
-    dataflow_specs(cfg)
+    job_specs(cfg, "features")
     assert json.loads((tmp_path / "features" / LAYOUT_FILE).read_text()) == features_layout(cfg)
     rescaled = cfg.model_copy(deep=True)
     rescaled.pipeline.processes = 3
-    dataflow_specs(rescaled)  # shard keys do not depend on the process count: state carries over
+    job_specs(rescaled, "features")  # shard keys do not depend on the process count: state carries over
     resharded = cfg.model_copy(deep=True)
     resharded.pipeline.shards_per_view = 16
     with pytest.raises(RuntimeError, match="shards_per_view"):
-        dataflow_specs(resharded)
+        job_specs(resharded, "features")
     (tmp_path / "features" / LAYOUT_FILE).unlink()  # state from before layouts were recorded
     with pytest.raises(RuntimeError, match="older rtml"):
-        dataflow_specs(cfg)
+        job_specs(cfg, "features")
