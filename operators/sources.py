@@ -81,9 +81,20 @@ class RawBatch:
         # as a few buffers instead of an object or two each.
         if None in self.values:  # a tombstone cannot be packed; rare, sent as it is
             return RawBatch, (self.topic, self.partition, self.offsets, self.values, self.headers, self.backlog)
-        blob, ends = pack_bytes(self.values)  # type: ignore[arg-type]
-        return _unpack_batch, (self.topic, self.partition, array("q", self.offsets).tobytes(), blob, ends,
-                               self.headers if any(self.headers) else None, self.backlog)
+        return _unpack_batch, (self.topic, self.partition,
+                               *pack_messages(self.offsets, self.values, self.headers), self.backlog)  # type: ignore[arg-type]
+
+
+def pack_messages(
+    offsets: Sequence[int], values: Sequence[bytes], headers: Sequence[list[tuple[str, bytes]] | None]
+) -> tuple[bytes, bytes, bytes, list[list[tuple[str, bytes]] | None] | None]:
+    """Messages of one partition as a few buffers, for a pickle to another process.
+
+    ``(offsets as int64, the values end to end, where each value ends (int64), the headers)``;
+    the headers are None when no message has any.
+    """
+    blob, ends = pack_bytes(values)
+    return array("q", offsets).tobytes(), blob, ends, (list(headers) if any(headers) else None)
 
 
 def _unpack_batch(topic: str, partition: int, offsets: bytes, blob: bytes, ends: bytes,

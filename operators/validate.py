@@ -11,9 +11,9 @@ import numpy as np
 from engine.events.columns import InteractionColumns
 from engine.events.dlq import DeadLetter
 from engine.events.validation import Invalid, validate_interaction, validate_interaction_batch
-from engine.features._kernels import pack_bytes, take
+from engine.features._kernels import take
 from engine.metrics import PipelineMetrics
-from operators.sources import RawBatch
+from operators.sources import RawBatch, pack_messages
 
 # Where an event came from, its original bytes and headers: a late event is dead-lettered as it came.
 Origin = tuple[str, int, int, bytes, tuple[tuple[str, bytes], ...]]
@@ -60,9 +60,7 @@ class Origins:
         # Pickled (copies keep the columns: __copy__, __deepcopy__).
         # Sent to a shard in another process, origins are read only for late events: packed,
         # they pickle as a few buffers instead of an object or three per event.
-        blob, ends = pack_bytes(self.raws)
-        return PackedOrigins, (self.topic, self.partition, np.array(self.offsets, np.int64).tobytes(), blob, ends,
-                               self.headers if any(self.headers) else None)
+        return PackedOrigins, (self.topic, self.partition, *pack_messages(self.offsets, self.raws, self.headers))
 
 
 @dataclass(frozen=True, slots=True)
